@@ -109,14 +109,25 @@ def failure_for(exc: BaseException) -> dict[str, str]:
     return {"code": "internal_error", "message": f"{type(exc).__name__} while running the job"}
 
 
+PRESETS = ("fast", "balanced", "paper")
+
+
+def overrides_for(overrides: dict[str, Any], preset: str) -> dict[str, Any]:
+    """UPSCALER_ZSSR_OVERRIDES is either one object for every preset, or an object keyed by preset name."""
+    if overrides and all(key in PRESETS for key in overrides):
+        return dict(overrides.get(preset) or {})
+    return dict(overrides)
+
+
 def zssr_config(settings: Settings, preset: str) -> Any:
     """The ZSSR config with UPSCALER_ZSSR_OVERRIDES applied over the preset; None = the preset as it is."""
-    if not settings.zssr_overrides:
+    overrides = overrides_for(settings.zssr_overrides, preset)
+    if not overrides:
         return None
     build = getattr(sr, "config_for", None)
     if build is None:
         raise NotImplementedError("UPSCALER_ZSSR_OVERRIDES needs sr.config_for, which this sr core lacks")
-    return build(preset, settings.zssr_overrides)
+    return build(preset, overrides)
 
 
 def sr_metrics(output: Any) -> dict[str, str]:

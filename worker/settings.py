@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     tombstone_seconds: int = Field(7 * 24 * 3600, ge=0)  # how long after expiry an id still answers 410, not 404
     webhook_allow_private: bool = False
     device: str | None = None  # "cpu" | "cuda" | "cuda:1"; unset = CUDA when available
-    # JSON object applied over every ZSSR preset (e.g. {"max_iterations": 50}): how tests and operators
-    # shrink training budgets. Used once the sr core offers a config builder.
+    # JSON object applied over every ZSSR preset (e.g. {"max_iters": 400}), or keyed by preset
+    # ({"paper": {"max_iters": 1000}}): how tests and operators shrink training budgets (sr.config_for).
     zssr_overrides: Annotated[dict[str, Any], NoDecode] = {}
     job_time_limit_seconds: int = Field(3600, gt=0)  # a running job past this ends failed/timeout
     lease_seconds: int = Field(30, ge=3)  # a running job's lease; its worker renews it every third of this

@@ -76,7 +76,7 @@ def owner_index_key(owner: str) -> str:
 
 # --- Lua scripts: every status transition is one of these --------------------------------------------
 
-# KEYS: job, input, tomb, owner index, stats. ARGV: id, ttl, tomb_ttl, owner, created_at(ms), fields json, input
+# KEYS: job, input, tomb, owner index, stats. ARGV: id, ttl, tomb_ttl, owner, created_at (µs), fields json, input
 _CREATE = """
 local fields = cjson.decode(ARGV[6])
 local flat = {}
@@ -323,6 +323,15 @@ def seconds_bucket(seconds: float) -> str:
     return "+Inf"
 
 
+def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int) -> dict[str, list]:
+    """The keys and arguments of the create script (shared by both stores)."""
+    job_id, owner = fields["id"], fields["owner"]
+    keys = JobKeys.of(job_id)
+    created_us = int(float(fields["created_at"]) * 1_000_000)  # exact in a double; orders same-ms submissions
+    return {"keys": [keys.job, keys.input, keys.tomb, owner_index_key(owner), STATS_KEY],
+            "args": [job_id, int(fields["ttl"]), tombstone_seconds, owner, created_us, json.dumps(fields), input_bytes]}
+
+
 def _decode(mapping: dict) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in mapping.items()}
@@ -356,11 +365,7 @@ class JobStore:
         self.redis.close()
 
     def create(self, fields: dict[str, str], input_bytes: bytes) -> None:
-        job_id, ttl = fields["id"], int(fields["ttl"])
-        keys = JobKeys.of(job_id)
-        self._create(keys=[keys.job, keys.input, keys.tomb, owner_index_key(fields["owner"]), STATS_KEY],
-                     args=[job_id, ttl, self.tombstone_seconds, fields["owner"],
-                           int(float(fields["created_at"]) * 1000), json.dumps(fields), input_bytes])
+        self._create(**_create_call(fields, input_bytes, self.tombstone_seconds))
 
     def fields(self, job_id: str) -> dict[str, str] | None:
         found = _decode(self.redis.hgetall(JobKeys.of(job_id).job))
@@ -466,11 +471,7 @@ class AsyncJobStore:
         return bool(await self.redis.ping())
 
     async def create(self, fields: dict[str, str], input_bytes: bytes) -> None:
-        job_id, ttl = fields["id"], int(fields["ttl"])
-        keys = JobKeys.of(job_id)
-        await self._create(keys=[keys.job, keys.input, keys.tomb, owner_index_key(fields["owner"]), STATS_KEY],
-                           args=[job_id, ttl, self.tombstone_seconds, fields["owner"],
-                                 int(float(fields["created_at"]) * 1000), json.dumps(fields), input_bytes])
+        await self._create(**_create_call(fields, input_bytes, self.tombstone_seconds))
 
     async def delete(self, job_id: str, owner: str) -> None:
         """Undo a create whose enqueue failed (the client got an error, so the job was never accepted)."""
