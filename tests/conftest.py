@@ -97,7 +97,7 @@ def make_client(settings, worker_process):
     clients = []
 
     def build(**changes) -> TestClient:
-        client = TestClient(create_app(settings.model_copy(update=changes)))
+        client = TestClient(create_app(Settings(**{**settings.model_dump(), **changes})))
         client.__enter__()
         clients.append(client)
         return client

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from functools import cached_property
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -86,7 +85,7 @@ class Settings(BaseSettings):
     def _empty_device(cls, value: Any) -> Any:
         return value or None
 
-    @cached_property
+    @property
     def webhook_key(self) -> bytes | None:
         return None if self.webhook_secret is None else secret_key_bytes(self.webhook_secret)
 
