@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=None,
                         help="threads of the light-queue worker (default UPSCALER_LIGHT_CONCURRENCY)")
     parser.add_argument("--gpus", default="",
-                        help="comma-separated GPU indices: one gpu-queue process per GPU, each seeing only its own "
-                             "(default: one process, device from UPSCALER_DEVICE)")
+                        help="'all' or comma-separated GPU indices: one gpu-queue process per GPU, each seeing only "
+                             "its own (default: one process, device from UPSCALER_DEVICE)")
     parser.add_argument("--loglevel", default=os.environ.get("UPSCALER_LOG_LEVEL", "INFO"))
     parser.add_argument("--healthcheck", action="store_true",
                         help="exit 0 if a worker on this host sent a heartbeat recently (for container healthchecks)")
@@ -43,8 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [q for q in args.queues if q not in QUEUES]
     if unknown or not args.queues:
         parser.error(f"unknown queue(s) {unknown}; choose from {', '.join(QUEUES)}")
-    args.gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    args.gpus = visible_gpus() if args.gpus.strip() == "all" else [g.strip() for g in args.gpus.split(",") if g.strip()]
     return args
+
+
+def visible_gpus() -> list[str]:
+    """Indices of this host's GPUs, from nvidia-smi: asking CUDA here would initialise it in the supervisor."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("worker: --gpus all needs nvidia-smi; pass the indices instead (--gpus 0,1)") from None
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
 def celery_argv(queue: str, *, concurrency: int, loglevel: str) -> list[str]:
