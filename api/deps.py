@@ -1,6 +1,7 @@
 """`Annotated` dependencies: the settings, the store, the caller's key, and a job the caller may see.
 
 Ownership is checked once, in `get_job_or_404`: a job of another key is answered exactly like an unknown id.
+All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a costly hop on every poll.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from worker.store import AsyncJobStore, Lookup, is_job_id
 OPEN_ACCESS_OWNER = "open"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> AsyncJobStore:
+async def get_store(request: Request) -> AsyncJobStore:
     return request.app.state.store
 
 
@@ -42,7 +43,7 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def get_current_key(request: Request, settings: SettingsDep) -> str:
+async def get_current_key(request: Request, settings: SettingsDep) -> str:
     """The caller's owner id. Without UPSCALER_API_KEYS (local mode only) everyone is one owner."""
     if not settings.api_keys:
         return OPEN_ACCESS_OWNER

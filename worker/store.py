@@ -40,6 +40,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 ACTIVE = ("queued", "running")
 STATUSES = ACTIVE + TERMINAL
 MAX_DELIVERIES_KEPT = 20
+DEFAULT_TTL_SECONDS = 24 * 3600  # only for a record without its own `ttl` field
 # Histogram buckets (seconds) of job queue and run time; bicubic jobs take milliseconds, ZSSR minutes.
 SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -142,7 +143,7 @@ if not status then return {'missing', 0} end
 if status ~= 'running' or redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] then return {status, 0} end
 local outcome = ARGV[2]
 if outcome == 'succeeded' and redis.call('EXISTS', KEYS[4]) == 1 then outcome = 'canceled' end
-local ttl = tonumber(ARGV[4])
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl')) or tonumber(ARGV[4])  -- the TTL the job was accepted under
 if outcome == ARGV[2] then
   local fields = cjson.decode(ARGV[6])
   for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
@@ -178,7 +179,7 @@ return 'queued'
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl')) or tonumber(ARGV[2])
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1], 'cancel_requested', '1')
   redis.call('DEL', KEYS[2], KEYS[4])
@@ -404,10 +405,10 @@ class JobStore:
         Returns the job's final status and whether this call made the change; a stale run changes nothing."""
         assert outcome in TERMINAL
         keys = JobKeys.of(job_id)
-        ttl = int(self.redis.hget(keys.job, "ttl") or 0) or 3600
         final, changed = self._finish(
             keys=[keys.job, keys.result, keys.input, keys.cancel, keys.lease, keys.deliveries, keys.tomb, STATS_KEY],
-            args=[token, outcome, f"{time.time():.6f}", ttl, self.tombstone_seconds, json.dumps(fields or {}), result])
+            args=[token, outcome, f"{time.time():.6f}", DEFAULT_TTL_SECONDS, self.tombstone_seconds,
+                  json.dumps(fields or {}), result])
         return _text(final), bool(changed)
 
     def release(self, job_id: str, token: str) -> str:
@@ -416,9 +417,8 @@ class JobStore:
 
     def cancel(self, job_id: str) -> str:
         keys = JobKeys.of(job_id)
-        ttl = int(self.redis.hget(keys.job, "ttl") or 0) or 3600
         return _text(self._cancel(keys=[keys.job, keys.input, keys.cancel, keys.lease, keys.deliveries, keys.tomb,
-                                        STATS_KEY], args=[f"{time.time():.6f}", ttl, self.tombstone_seconds]))
+                                        STATS_KEY], args=[f"{time.time():.6f}", DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
 
     def record_delivery(self, job_id: str, attempt: dict[str, Any], *, outcome: str) -> None:
         keys = JobKeys.of(job_id)
@@ -491,11 +491,11 @@ class AsyncJobStore:
     async def result(self, job_id: str) -> bytes | None:
         return await self.redis.get(JobKeys.of(job_id).result)
 
-    async def cancel(self, job_id: str, ttl: int) -> str:
+    async def cancel(self, job_id: str) -> str:
         keys = JobKeys.of(job_id)
         return _text(await self._cancel(keys=[keys.job, keys.input, keys.cancel, keys.lease, keys.deliveries,
                                               keys.tomb, STATS_KEY],
-                                        args=[f"{time.time():.6f}", ttl, self.tombstone_seconds]))
+                                        args=[f"{time.time():.6f}", DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
 
     async def list_for(self, owner: str, *, status: str | None, limit: int) -> list[dict[str, Any]]:
         """The owner's jobs, newest first; ids whose job expired are dropped from the index on the way."""

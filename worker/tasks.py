@@ -35,9 +35,11 @@ def run_job(self, job_id: str) -> None:
         return
     job = store.fields(job_id)
     params = _json_field(job, "params")
+    has_webhook = bool(job.get("webhook_url"))
     if previous == "queued":
         _observe_queue_time(job, params["method"])
-        notify(job_id, "job.started")
+        if has_webhook:
+            notify(job_id, "job.started")
     control = RunControl(store, job_id, token, settings)
     started = time.monotonic()
     with keep_lease(store, job_id, token, settings.lease_seconds, control):
