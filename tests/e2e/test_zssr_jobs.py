@@ -3,7 +3,12 @@ tiny training budgets from UPSCALER_ZSSR_OVERRIDES (tests/e2e/helpers.py)."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,6 +16,7 @@ from PIL import Image
 import sr
 from tests.e2e.helpers import photo_bytes, submit, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"),
                                 reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed yet")
 
@@ -34,13 +40,14 @@ def test_a_real_photo_goes_queued_running_succeeded_with_rising_progress(client,
         assert image.format == "PNG" and image.size == (128, 96) and image.mode == "RGB"
 
 
-def _until(client, job_id: str, predicate, timeout: float = 60) -> dict:
+def _until(client, job_id: str, predicate, timeout: float = 60, job: bool = True) -> dict | None:
+    """Poll until `predicate(job)` holds (with job=False, until `predicate(None)` does)."""
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        current = client.get(f"/v1/jobs/{job_id}").json() if job else None
+        if predicate(current):
+            return current
+        assert time.monotonic() < deadline and (current is None or current["status"] in ("queued", "running")), current
         time.sleep(0.05)
 
 
@@ -71,3 +78,34 @@ def test_a_queued_zssr_job_that_is_canceled_never_starts(client, store):
     time.sleep(0.5)
     record = store.fields(waiting["id"])
     assert record["status"] == "canceled" and record["runs"] == "0" and "started_at" not in record
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_with_sigterm_hands_its_running_job_back(client, store, service_env):
+    """Two GPU workers each run a long job; SIGTERM one: its job goes back to the queue, not failed, and the
+    other worker runs it once it is free."""
+    extra = subprocess.Popen([sys.executable, "-m", "worker", "--queues", "gpu"], cwd=ROOT,
+                             env={**os.environ, **service_env, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _until(client, "", lambda _: sum("gpu" in q for _, q in store.live_workers(30)) >= 2, job=False)
+        jobs = [submit(client, photo_bytes(), method="zssr", preset="paper", scale=2) for _ in range(2)]
+        for job in jobs:
+            _until(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] > 0)
+        workers = {job["id"]: store.fields(job["id"])["worker"] for job in jobs}
+        handed = next(job_id for job_id, name in workers.items() if name.startswith(f"gpu-{extra.pid}@"))
+        other = next(job_id for job_id in workers if job_id != handed)
+        extra.send_signal(signal.SIGTERM)
+        assert extra.wait(timeout=30) == 0
+        back = client.get(f"/v1/jobs/{handed}").json()
+        assert back["status"] == "queued" and back["error"] is None
+        client.post(f"/v1/jobs/{other}/cancel")  # free the remaining worker
+        again = _until(client, handed, lambda j: j["status"] == "running" and j["progress"]["step"] > 0)
+        assert store.fields(handed)["runs"] == "2" and store.fields(handed)["worker"] == workers[other]
+        assert again["started_at"] == back["started_at"]
+        client.post(f"/v1/jobs/{handed}/cancel")
+        assert wait_for(client, handed, timeout=5)["status"] == "canceled"
+    finally:
+        if extra.poll() is None:
+            extra.kill()
+            extra.wait()
