@@ -34,11 +34,10 @@ def run_job(self, job_id: str) -> None:
         log.info("job %s not run: %s", job_id, outcome)  # canceled while queued, finished, or run elsewhere
         return
     job = store.fields(job_id)
-    params = _json_field(job, "params")
-    has_webhook = bool(job.get("webhook_url"))
-    if previous == "queued":
-        _observe_queue_time(job, params["method"])
-        if has_webhook:
+    params = json.loads(job["params"])
+    if previous == "queued":  # a first start, not a take-over
+        store.observe_seconds("queue", params["method"], max(0.0, time.time() - float(job["created_at"])))
+        if job.get("webhook_url"):
             notify(job_id, "job.started")
     control = RunControl(store, job_id, token, settings)
     started = time.monotonic()
@@ -53,7 +52,7 @@ def run_job(self, job_id: str) -> None:
                 progress=control.progress, should_stop=control.should_stop)
             data = encode(output, params["output_format"])
         except sr.Cancelled:
-            _stop(job_id, token, control)
+            _stop(job_id, token, control, job, started)
             return
         except Exception as exc:  # every failure ends the job with a reason; the worker takes the next job
             log.warning("job %s failed", job_id, exc_info=True)
@@ -67,14 +66,13 @@ def run_job(self, job_id: str) -> None:
     _end(job_id, token, "succeeded", fields, params["method"], started, result=data)
 
 
-def _stop(job_id: str, token: str, control: RunControl) -> None:
+def _stop(job_id: str, token: str, control: RunControl, job: dict[str, str], started: float) -> None:
     """sr stopped between steps; why decides where the job goes."""
-    reason = control.stop_reason
-    params = _json_field(store.fields(job_id) or {}, "params") or {"method": "?"}
+    reason, method = control.stop_reason, json.loads(job["params"])["method"]
     if reason == "shutdown":
         handed_back = store.release(job_id, token)
         if handed_back == "queued":
-            app.send_task(RUN_JOB, args=[job_id], queue=_queue_of(job_id))
+            app.send_task(RUN_JOB, args=[job_id], queue=job["queue"])
             log.info("job %s handed back to the queue (worker shutting down)", job_id)
             return
         if handed_back != "cancel":
@@ -82,21 +80,20 @@ def _stop(job_id: str, token: str, control: RunControl) -> None:
         reason = "canceled"
     if reason == "timeout":
         error = {"code": "timeout", "message": f"the job ran longer than {settings.job_time_limit_seconds} s"}
-        _end(job_id, token, "failed", {"error": _json(error)}, params["method"], None)
+        _end(job_id, token, "failed", {"error": _json(error)}, method, started)
     elif reason == "canceled":
-        _end(job_id, token, "canceled", {}, params["method"], None)
+        _end(job_id, token, "canceled", {}, method, started)
     else:
         log.info("job %s: stopped (%s); another run owns it", job_id, reason)
 
 
-def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: str, started: float | None,
+def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: str, started: float,
          result: bytes = b"") -> None:
     final, changed = store.finish(job_id, token, outcome, fields=fields, result=result)
     if not changed:
         log.info("job %s: this run no longer owns it (now %s); nothing written", job_id, final)
         return
-    if started is not None:
-        store.observe_seconds("run", method, time.monotonic() - started)
+    store.observe_seconds("run", method, time.monotonic() - started)
     notify(job_id, webhooks.TERMINAL_EVENT[final])
 
 
@@ -135,20 +132,8 @@ def deliver_webhook(self, job_id: str, url: str, event_type: str, body: str) -> 
         raise self.retry(countdown=delay)
 
 
-def _observe_queue_time(job: dict[str, str], method: str) -> None:
-    store.observe_seconds("queue", method, max(0.0, time.time() - float(job["created_at"])))
-
-
-def _queue_of(job_id: str) -> str:
-    return (store.fields(job_id) or {}).get("queue", "light")
-
-
 def _json(value) -> str:
     return json.dumps(value)
-
-
-def _json_field(job: dict[str, str] | None, name: str):
-    return json.loads(job[name]) if job and job.get(name) else None
 
 
 # --- worker lifecycle: a heartbeat while the worker is up, a flag when it shuts down -------------------

@@ -53,12 +53,12 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
     content_type = request.headers.get("content-type", "").lower()
     try:
         if content_type.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
-            upload = form.get("image")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
-            image = await upload.read(settings.max_upload_bytes + 1)
-            fields = {key: value for key, value in form.multi_items() if key != "image"}
+            async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:  # closes spools
+                upload = form.get("image")
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
+                image = await upload.read(settings.max_upload_bytes + 1)
+                fields = {key: value for key, value in form.multi_items() if key != "image"}
             params = JobCreate.model_validate(fields)
         elif content_type.startswith("application/json"):
             try:
