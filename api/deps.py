@@ -1,0 +1,82 @@
+"""`Annotated` dependencies: the settings, the store, the caller's key, and a job the caller may see.
+
+Ownership is checked once, in `get_job_or_404`: a job of another key is answered exactly like an unknown id.
+All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a costly hop on every poll.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from api.errors import ApiError
+from worker.settings import Settings
+from worker.store import AsyncJobStore, Lookup, is_job_id
+
+OPEN_ACCESS_OWNER = "open"
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> AsyncJobStore:
+    return request.app.state.store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
+
+
+def owner_of(key: str) -> str:
+    """Jobs are filed under a hash of the key, so no record or log ever holds a key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+async def get_current_key(request: Request, settings: SettingsDep) -> str:
+    """The caller's owner id. Without UPSCALER_API_KEYS (local mode only) everyone is one owner."""
+    if not settings.api_keys:
+        return OPEN_ACCESS_OWNER
+    presented = (_presented_key(request) or "").encode()
+    matched = False
+    for key in settings.api_keys:  # compare with every key, in constant time, without stopping early
+        matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
+    if not presented or not matched:
+        raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
+                       {"WWW-Authenticate": "Bearer"})
+    return owner_of(presented.decode())
+
+
+CurrentKey = Annotated[str, Depends(get_current_key)]
+
+
+@dataclass(frozen=True)
+class OwnedJob:
+    id: str
+    fields: dict[str, str]
+    deliveries: list[str]
+
+
+async def get_job_or_404(store: StoreDep, owner: CurrentKey,
+                         job_id: Annotated[str, Path(description="the job id")]) -> OwnedJob:
+    if not is_job_id(job_id):
+        raise ApiError(404, "job_not_found", "no such job")
+    found: Lookup = await store.lookup(job_id)
+    if found.visible_to(owner):
+        return OwnedJob(job_id, found.fields, found.deliveries)
+    if found.expired_for(owner):
+        raise ApiError(410, "job_expired", "the job expired; its record and result were deleted")
+    raise ApiError(404, "job_not_found", "no such job")
+
+
+JobDep = Annotated[OwnedJob, Depends(get_job_or_404)]

@@ -1,0 +1,46 @@
+"""Builds the FastAPI application: `create_app(settings)` (tests pass their own settings)."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.queueing import Enqueuer
+from api.routes import health, jobs
+from worker.settings import Settings, load_settings
+from worker.store import AsyncJobStore
+
+log = logging.getLogger(__name__)
+DESCRIPTION = """Upscale images with ZSSR ("Zero-Shot" Super-Resolution) or bicubic, as asynchronous jobs:
+submit (`POST /v1/jobs`), poll (`GET /v1/jobs/{id}`), fetch (`GET /v1/jobs/{id}/result`), cancel, and
+receive signed webhooks (Standard Webhooks). Send the API key as `Authorization: Bearer KEY`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.store = AsyncJobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
+        app.state.enqueuer = Enqueuer(settings)
+        try:
+            yield
+        finally:
+            app.state.enqueuer.close()
+            await app.state.store.close()
+
+    app = FastAPI(title="ZSSR upscaler", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_image_bytes=settings.max_upload_bytes)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory: `uvicorn --factory api.main:app_from_env`."""
+    return create_app(load_settings())

@@ -1,0 +1,1 @@
+"""Route modules: jobs (the job API) and health (liveness, readiness, metrics)."""

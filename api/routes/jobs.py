@@ -1,0 +1,193 @@
+"""The job routes (CONTRACT.md section 4): submit, read, fetch the result, cancel, list."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep
+from api.errors import ApiError
+from api.schemas import ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
+from worker.images import OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
+from worker.settings import METHOD_QUEUE, Settings
+from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
+from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+POLL_RETRY_AFTER_SECONDS = "1"
+INLINE_DECODE_BYTES = 32 * 1024
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404)}
+
+
+def _submission_openapi() -> dict[str, Any]:
+    form = JobCreate.model_json_schema()
+    form["properties"] = {"image": {"type": "string", "format": "binary", "description": "the image file"},
+                          **form["properties"]}
+    form["required"] = ["image"]
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": JobCreateJSON.model_json_schema()},
+    }}}
+
+
+def job_response(job: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The job as JSON; `Retry-After` tells pollers when to look again while it is not finished."""
+    headers = dict(headers or {})
+    if job["status"] not in TERMINAL:
+        headers["Retry-After"] = POLL_RETRY_AFTER_SECONDS
+    return JSONResponse(job, status_code=status_code, headers=headers)
+
+
+async def read_submission(request: Request, settings: Settings) -> tuple[JobCreate, bytes]:
+    """The parameters and image bytes of a submission, multipart or JSON (the body limit is already enforced)."""
+    content_type = request.headers.get("content-type", "").lower()
+    try:
+        if content_type.startswith("multipart/form-data"):
+            async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:  # closes spools
+                upload = form.get("image")
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
+                image = await upload.read(settings.max_upload_bytes + 1)
+                fields = {key: value for key, value in form.multi_items() if key != "image"}
+            params = JobCreate.model_validate(fields)
+        elif content_type.startswith("application/json"):
+            try:
+                document = json.loads(await request.body())
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(422, "invalid_json", "the body is not valid JSON") from None
+            if not isinstance(document, dict):
+                raise ApiError(422, "invalid_json", "the body must be a JSON object")
+            params = JobCreateJSON.model_validate(document)
+            image = _decode_base64(params.image_base64)
+            params = JobCreate.model_validate(params.model_dump(exclude={"image_base64"}))
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           "send multipart/form-data (file field 'image') or application/json (image_base64)")
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    if len(image) > settings.max_upload_bytes:
+        raise ApiError(413, "payload_too_large", f"the image exceeds {settings.max_upload_bytes} bytes")
+    return params, image
+
+
+def _decode_base64(text: str) -> bytes:
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", "image_base64 is not valid base64") from None
+
+
+async def check_webhook_target(url: str, settings: Settings) -> None:
+    if settings.webhook_key is None:
+        raise ApiError(422, "webhooks_disabled", "this service has no UPSCALER_WEBHOOK_SECRET, so it sends no webhooks")
+    try:
+        check_url_syntax(url)
+        if not settings.webhook_allow_private:  # checked again, and pinned, at every delivery
+            await anyio.to_thread.run_sync(lambda: resolve_target(url, allow_private=False))
+    except TargetRefused as exc:
+        raise ApiError(422, "webhook_url_refused", str(exc)) from None
+
+
+@router.post("", status_code=202, response_model=JobPublic, openapi_extra=_submission_openapi(),
+             responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)}})
+async def create_job(request: Request, settings: SettingsDep, store: StoreDep, owner: CurrentKey) -> JSONResponse:
+    """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
+    params, image = await read_submission(request, settings)
+    try:
+        if len(image) <= INLINE_DECODE_BYTES:  # decodes in well under a millisecond: a thread hop costs more
+            info = inspect_image(image, settings.max_input_pixels)
+        else:
+            info = await anyio.to_thread.run_sync(inspect_image, image, settings.max_input_pixels)
+    except ImageRejected as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    width, height = output_size(info.width, info.height, params.scale)
+    if width * height > settings.max_output_pixels:
+        raise ApiError(422, "output_too_large", f"the output would be {width}x{height} = {width * height} pixels; "
+                                                f"the limit is {settings.max_output_pixels}")
+    if width < 1 or height < 1:
+        raise ApiError(422, "output_too_small", "the output would have no pixels")
+    if params.webhook_url:
+        await check_webhook_target(params.webhook_url, settings)
+    job_id, queue = new_job_id(), METHOD_QUEUE[params.method]
+    fields = new_job_fields(
+        job_id, owner, params=params.model_dump(exclude={"webhook_url"}),
+        input_info={"width": info.width, "height": info.height, "mode": info.mode, "bytes": len(image),
+                    "format": info.format},
+        output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
+                     "bytes": 0},
+        queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
+    await store.create(fields, image)
+    try:
+        await request.app.state.enqueuer.run_job(job_id, queue)
+    except ApiError:
+        await store.delete(job_id, owner)  # not accepted: leave nothing behind that no worker will run
+        raise
+    return job_response(public_job(fields), 202, {"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("", response_model=JobList, responses=_ERRORS)
+async def list_jobs(store: StoreDep, owner: CurrentKey, status: Status | None = None,
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JSONResponse:
+    """The caller's jobs, newest first, optionally only those in one status."""
+    jobs = await store.list_for(owner, status=status, limit=limit)
+    return JSONResponse({"jobs": jobs, "count": len(jobs)})
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={**_ERRORS, 410: {"model": ErrorBody}})
+async def read_job(job: JobDep) -> JSONResponse:
+    """The job; while it is not finished, `Retry-After` says when to poll again."""
+    return job_response(public_job(job.fields, job.deliveries))
+
+
+@router.get("/{job_id}/result", responses={
+    200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "application/json":
+                      {"schema": ResultBase64.model_json_schema()}}, "description": "the image"},
+    **_ERRORS, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
+async def read_job_result(job: JobDep, store: StoreDep,
+                          encoding: Annotated[str | None, Query(pattern="^(base64|binary)$")] = None) -> Response:
+    """The output image (its own content type), or `?encoding=base64` for JSON. 409 until the job succeeded."""
+    status = job.fields["status"]
+    if status != "succeeded":
+        reason = {"failed": "the job failed; it has no result", "canceled": "the job was canceled; it has no result"}
+        raise ApiError(409, "job_not_succeeded" if status in TERMINAL else "job_not_finished",
+                       reason.get(status, f"the job is {status}; poll it until it succeeds"),
+                       {} if status in TERMINAL else {"Retry-After": POLL_RETRY_AFTER_SECONDS})
+    data = await store.result(job.id)
+    if data is None:
+        raise ApiError(410, "job_expired", "the result expired")
+    content_type = json.loads(job.fields["output"])["content_type"]
+    if encoding == "base64":
+        return JSONResponse(jsonable_encoder(ResultBase64(image_base64=base64.b64encode(data).decode(),
+                                                          content_type=content_type)))
+    extension = content_type.rpartition("/")[2]
+    return Response(data, media_type=content_type,
+                    headers={"Content-Disposition": f'inline; filename="{job.id}.{extension}"'})
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             responses={**_ERRORS, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
+async def cancel_job(job: JobDep, request: Request, store: StoreDep) -> JSONResponse:
+    """Cancel: a queued job never starts; a running job stops between training steps. 409 once finished."""
+    outcome = await store.cancel(job.id)
+    if outcome not in ("canceled_now", "requested"):
+        raise ApiError(409, "job_finished", f"the job already {outcome}" if outcome != "missing"
+                       else "the job expired")
+    found = await store.lookup(job.id)
+    if found.fields is None:
+        raise ApiError(410, "job_expired", "the job expired")
+    current = public_job(found.fields, found.deliveries)
+    if outcome == "canceled_now":
+        await request.app.state.enqueuer.webhook(current, "job.canceled")
+    return job_response(current, 202)

@@ -1,0 +1,138 @@
+"""One pydantic schema per shape the API reads or writes (CONTRACT.md section 4)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["zssr", "bicubic"]
+Preset = Literal["fast", "balanced", "paper"]
+Kernel = Literal["bicubic", "estimate"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class JobCreate(BaseModel):
+    """The parameters of a new job; the image comes as the multipart `image` file or as `image_base64`."""
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(2.0, gt=1, le=8, allow_inf_nan=False, description="1 < scale <= 8")
+    method: Method = "zssr"
+    preset: Preset = "balanced"
+    kernel: Kernel = "bicubic"
+    output_format: OutputFormat = "png"
+    webhook_url: str | None = Field(None, max_length=2048)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+
+class JobCreateJSON(JobCreate):
+    """`POST /v1/jobs` with `Content-Type: application/json`."""
+    image_base64: str = Field(description="the image file, base64-encoded (a data: URL prefix is accepted)")
+
+
+class JobParams(BaseModel):
+    scale: float
+    method: Method
+    preset: Preset
+    kernel: Kernel = "bicubic"
+    output_format: OutputFormat
+    seed: int | None = None
+
+
+class ImageInput(BaseModel):
+    width: int
+    height: int
+    mode: str
+    bytes: int
+    format: str | None = None
+
+
+class ImageOutput(BaseModel):
+    width: int
+    height: int
+    content_type: str
+    bytes: int
+
+
+class JobProgress(BaseModel):
+    phase: Literal["queued", "training", "inference", "done"]
+    step: int
+    total_steps: int
+    fraction: float
+    loss: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobMetrics(BaseModel):
+    queue_seconds: float | None
+    run_seconds: float | None
+    train_steps: int | None
+    device: str | None
+
+
+class WebhookDelivery(BaseModel):
+    event: str
+    webhook_id: str
+    attempt: int
+    status: int | None
+    error: str | None
+    outcome: Literal["delivered", "retrying", "gave_up", "refused"]
+    at: float
+
+
+class JobWebhook(BaseModel):
+    url: str | None
+    attempts: int
+    last_status: int | None
+    last_error: str | None = None
+    delivered_at: str | None
+    deliveries: list[WebhookDelivery] = []
+
+
+class JobUrls(BaseModel):
+    self: str
+    result: str
+    cancel: str
+
+
+class JobPublic(BaseModel):
+    """The job as every route and every webhook shows it."""
+    id: str
+    status: Status
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    params: JobParams
+    input: ImageInput
+    output: ImageOutput  # the size to expect until the job succeeds; bytes is 0 until then
+    progress: JobProgress
+    error: JobError | None
+    metrics: JobMetrics
+    webhook: JobWebhook
+    cancel_requested: bool = False
+    urls: JobUrls
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+    count: int
+
+
+class ResultBase64(BaseModel):
+    image_base64: str
+    content_type: str
+
+
+class ErrorBody(BaseModel):
+    error: JobError
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    redis: bool
+    workers: int
+    queues: dict[str, int]

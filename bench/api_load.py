@@ -1,0 +1,295 @@
+"""Load benchmark of the job backend: Redis, the API and one worker on this machine.
+
+  python bench/api_load.py                      # 50 clients, 500 small bicubic jobs, then a 10 s poll phase
+  python bench/api_load.py --clients 50 --jobs 500 --poll-seconds 10 --api-workers 1
+
+Phase 1 (load): each client submits a job, polls it back to back until it is finished, fetches the
+result, and takes the next job, until all jobs are done. Phase 2 (polls): every client polls finished
+jobs as fast as it can for a fixed time. Prints jobs lost (accepted with 202 but not succeeded, or with a
+result of the wrong size), submit latency p50/p99, polls per second in both phases, and the CPU seconds
+each process used, since the machine is shared. The HTTP client is a small keep-alive client on asyncio
+streams, so that the client's own overhead does not hide the server's.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the API's dependencies include it on Linux
+    uvloop = None
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from worker.redis_server import RedisServer, free_port  # noqa: E402
+
+BOUNDARY = "benchboundary7c1f"
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection (requests one at a time, answers with Content-Length)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line, *header_lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length, close = 0, False
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        payload = await self.reader.readexactly(length)
+        if close:
+            self.writer.close()
+            self.reader = self.writer = None
+        return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def multipart_body(image: bytes, fields: dict[str, str]) -> bytes:
+    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="in.png"\r\n'
+                 f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def small_png(width: int, height: int) -> bytes:
+    image = Image.effect_noise((width, height), 40).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class Tally:
+    def __init__(self):
+        self.submit_seconds: list[float] = []
+        self.polls = 0
+        self.accepted: list[str] = []
+        self.succeeded: set[str] = set()
+        self.wrong: list[str] = []
+        self.statuses: dict[int, int] = {}
+
+    def count(self, status: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+async def load_client(host: str, port: int, body: bytes, expected: tuple[int, int], jobs: asyncio.Queue,
+                      tally: Tally, poll_interval: float) -> None:
+    connection = Connection(host, port)
+    try:
+        while True:
+            try:
+                jobs.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            status, payload = await connection.request("POST", "/v1/jobs", body, f"multipart/form-data; boundary={BOUNDARY}")
+            tally.submit_seconds.append(time.perf_counter() - started)
+            tally.count(status)
+            if status != 202:
+                continue
+            job_id = json.loads(payload)["id"]
+            tally.accepted.append(job_id)
+            while True:
+                status, payload = await connection.request("GET", f"/v1/jobs/{job_id}")
+                tally.polls += 1
+                tally.count(status)
+                job = json.loads(payload)
+                if job.get("status") in ("succeeded", "failed", "canceled"):
+                    break
+                if poll_interval:
+                    await asyncio.sleep(poll_interval)
+            if job["status"] != "succeeded":
+                continue
+            status, payload = await connection.request("GET", f"/v1/jobs/{job_id}/result")
+            with Image.open(io.BytesIO(payload)) as result:
+                if status == 200 and result.size == expected:
+                    tally.succeeded.add(job_id)
+                else:
+                    tally.wrong.append(job_id)
+    finally:
+        connection.close()
+
+
+async def poll_client(host: str, port: int, job_ids: list[str], until: float, tally: Tally, offset: int) -> None:
+    connection = Connection(host, port)
+    try:
+        i = offset
+        while time.perf_counter() < until:
+            status, _ = await connection.request("GET", f"/v1/jobs/{job_ids[i % len(job_ids)]}")
+            tally.polls += 1
+            tally.count(status)
+            i += 1
+    finally:
+        connection.close()
+
+
+def cpu_seconds(pids: list[int], *, descendants: bool = True) -> float:
+    """User + system CPU seconds of these processes, and of their descendants unless told not to (from /proc)."""
+    ticks, seen, frontier = 0, set(), list(pids)
+    while frontier:
+        pid = frontier.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+            if descendants:
+                frontier += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run(coroutine):
+    """uvloop when installed (it is a dependency of the API): the client's own overhead matters here."""
+    return uvloop.run(coroutine) if uvloop is not None else asyncio.run(coroutine)
+
+
+def wait_ready(port: int, processes: list[subprocess.Popen], timeout: float = 60) -> None:
+    async def probe() -> int:
+        connection = Connection("127.0.0.1", port)
+        try:
+            return (await connection.request("GET", "/readyz"))[0]
+        finally:
+            connection.close()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise SystemExit("a service process exited during start-up")
+        try:
+            if run(probe()) == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the stack did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--size", type=int, default=32, help="side of the square input image")
+    parser.add_argument("--poll-seconds", type=float, default=10.0)
+    parser.add_argument("--poll-interval", type=float, default=0.0,
+                        help="pause between two polls of one job in the load phase (0: back to back)")
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes (uvicorn workers)")
+    parser.add_argument("--light-concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="api-load-"))
+    redis_server = RedisServer(workdir / "redis").start()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+    env.update(REDIS_URL=redis_server.url, PYTHONPATH=str(ROOT), UPSCALER_LOG_LEVEL="WARNING")
+    logs = open(workdir / "services.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "worker", "--concurrency", str(args.light_concurrency)],
+                              cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT)
+    api = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(args.api_workers),
+                            "--log-level", "warning"], cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port, [worker, api])
+        body = multipart_body(small_png(args.size, args.size), {"method": "bicubic", "scale": "2"})
+        expected = (args.size * 2, args.size * 2)
+        load, polls = Tally(), Tally()
+        pids = {"api": [api.pid], "worker": [worker.pid], "redis": [redis_server.process.pid]}
+
+        async def run_load() -> float:
+            queue: asyncio.Queue = asyncio.Queue()
+            for i in range(args.jobs):
+                queue.put_nowait(i)
+            started = time.perf_counter()
+            await asyncio.gather(*(load_client("127.0.0.1", port, body, expected, queue, load, args.poll_interval)
+                                   for _ in range(args.clients)))
+            return time.perf_counter() - started
+
+        async def run_polls() -> float:
+            started = time.perf_counter()
+            until = started + args.poll_seconds
+            await asyncio.gather(*(poll_client("127.0.0.1", port, load.accepted, until, polls, i * 7)
+                                   for i in range(args.clients)))
+            return time.perf_counter() - started
+
+        def usage() -> dict[str, float]:
+            return {**{name: cpu_seconds(p) for name, p in pids.items()},
+                    "bench client": cpu_seconds([os.getpid()], descendants=False)}
+
+        cpu_before = usage()
+        load_before = os.getloadavg()[0]
+        load_wall = run(run_load())
+        cpu_after_load = usage()
+        cpu_load = {name: cpu_after_load[name] - cpu_before[name] for name in cpu_before}
+        poll_wall = run(run_polls())
+        cpu_after_polls = usage()
+        cpu_polls = {name: cpu_after_polls[name] - cpu_after_load[name] for name in cpu_before}
+        lost = len(load.accepted) - len(load.succeeded)
+        report = {
+            "clients": args.clients, "jobs": args.jobs, "poll_interval_s": args.poll_interval, "image": f"{args.size}x{args.size} PNG, bicubic x2",
+            "accepted": len(load.accepted), "succeeded_with_right_result": len(load.succeeded), "jobs_lost": lost,
+            "wrong_results": len(load.wrong), "load_phase_seconds": round(load_wall, 2),
+            "jobs_per_second": round(len(load.succeeded) / load_wall, 1),
+            "submit_ms_p50": round(statistics.median(load.submit_seconds) * 1000, 1),
+            "submit_ms_p99": round(percentile(load.submit_seconds, 0.99) * 1000, 1),
+            "submit_ms_max": round(max(load.submit_seconds) * 1000, 1),
+            # The first submission of each client meets a cold server (connections, threads, caches).
+            "submit_ms_p99_after_first_round": round(percentile(load.submit_seconds[args.clients:], 0.99) * 1000, 1),
+            "polls_per_second_during_load": round(load.polls / load_wall, 1),
+            "polls_per_second_poll_phase": round(polls.polls / poll_wall, 1),
+            "http_statuses": {**{str(k): v for k, v in sorted(load.statuses.items())}},
+            "poll_phase_statuses": {str(k): v for k, v in sorted(polls.statuses.items())},
+            "cpu_seconds_load_phase": {k: round(v, 1) for k, v in cpu_load.items()},
+            "cpu_seconds_poll_phase": {k: round(v, 1) for k, v in cpu_polls.items()},
+            "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "cores": os.cpu_count(), "api_workers": args.api_workers,
+        }
+        print(json.dumps(report, indent=2))
+        return 0 if lost == 0 and not load.wrong else 1
+    finally:
+        for process in (api, worker):
+            process.terminate()
+        for process in (api, worker):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        redis_server.stop()
+        logs.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

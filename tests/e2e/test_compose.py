@@ -1,0 +1,89 @@
+"""docker-compose.yml and the Dockerfile name only services, commands, options and settings that exist."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import api.__main__ as api_cli
+import worker.__main__ as worker_cli
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+CLI_PARSERS = {"api": api_cli.parse_args, "worker": worker_cli.parse_args}
+
+
+def setting_names() -> set[str]:
+    return {"REDIS_URL"} | {"UPSCALER_" + name.upper() for name in Settings.model_fields}
+
+
+def test_the_stack_has_redis_the_api_and_both_worker_pools():
+    assert {"redis", "api", "worker", "worker-light"} <= set(SERVICES)
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume():
+    redis = SERVICES["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    volume = redis["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in COMPOSE["volumes"]
+    assert "redis-cli" in redis["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "worker-light"])
+def test_commands_run_our_modules_with_options_they_accept(name):
+    command = SERVICES[name]["command"]
+    assert command[:2] == ["python", "-m"], command
+    module = command[2]
+    assert (ROOT / module / "__main__.py").is_file()
+    CLI_PARSERS[module](command[3:])  # argparse exits on an unknown option or a bad value
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "worker-light"])
+def test_environment_names_only_real_settings(name):
+    environment = SERVICES[name]["environment"]
+    unknown = set(environment) - setting_names()
+    assert not unknown, f"{name} sets variables no setting reads: {unknown}"
+    assert environment["REDIS_URL"].startswith("redis://redis:")
+    for required in ("UPSCALER_API_KEYS", "UPSCALER_WEBHOOK_SECRET"):
+        assert ":?" in environment[required], "outside local mode these must be set, not defaulted"
+
+
+def test_gpu_workers_reserve_an_nvidia_gpu_and_scale():
+    worker = SERVICES["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "container_name" not in worker, "a fixed container name prevents --scale worker=N"
+    assert worker_cli.parse_args(worker["command"][3:]).queues == ["gpu"]
+    assert worker_cli.parse_args(SERVICES["worker-light"]["command"][3:]).queues == ["light"]
+
+
+@pytest.mark.parametrize("name", ["redis", "api", "worker", "worker-light"])
+def test_every_service_has_a_healthcheck_that_names_real_commands(name):
+    test = SERVICES[name]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    if test[1:3] == ["python", "-m"]:
+        CLI_PARSERS[test[3]](test[4:])
+    if name != "redis":
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_api_listens_on_all_interfaces_and_is_published():
+    api = SERVICES["api"]
+    assert api["environment"]["UPSCALER_HOST"] == "0.0.0.0"
+    assert any(port.endswith(":8000") for port in api["ports"])
+
+
+def test_the_dockerfile_copies_existing_packages_and_runs_the_api():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (\S+)", dockerfile, flags=re.M):
+        for path in source.split():
+            assert (ROOT / path.rstrip("/")).exists(), path
+    cmd = re.search(r'^CMD (\[.*\])', dockerfile, flags=re.M).group(1)
+    assert yaml.safe_load(cmd) == ["python", "-m", "api"]
+    assert "torch==2.13.0" in dockerfile  # the same pin as scripts/setup
+    assert "pip install ." in dockerfile  # the package itself, from pyproject.toml

@@ -1,0 +1,157 @@
+"""The job store against a real redis-server: transitions that cannot race, first write wins, expiry."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from worker.store import AsyncJobStore, JobKeys, new_job_fields, new_job_id, public_job
+
+OWNER = "store-tests"
+
+
+def make_job(store, *, ttl: int = 600, owner: str = OWNER, webhook_url: str | None = None) -> str:
+    job_id = new_job_id()
+    fields = new_job_fields(job_id, owner, params={"scale": 2.0, "method": "bicubic", "preset": "fast",
+                                                   "kernel": "bicubic", "output_format": "png", "seed": None},
+                            input_info={"width": 4, "height": 4, "mode": "RGB", "bytes": 3},
+                            output_info={"width": 8, "height": 8, "content_type": "image/png", "bytes": 0},
+                            queue="light", webhook_url=webhook_url, ttl=ttl, now=time.time())
+    store.create(fields, b"img")
+    return job_id
+
+
+def status_of(store, job_id: str) -> str | None:
+    fields = store.fields(job_id)
+    return fields and fields["status"]
+
+
+def test_a_job_runs_once_and_its_result_is_written_once(store):
+    job_id = make_job(store)
+    assert store.begin_run(job_id, "t1", worker="w1", lease_seconds=30) == ("started", "queued")
+    assert store.begin_run(job_id, "t2", worker="w2", lease_seconds=30)[0] == "busy"  # a duplicate delivery
+    assert store.finish(job_id, "t1", "succeeded", result=b"first") == ("succeeded", True)
+    assert store.finish(job_id, "t1", "succeeded", result=b"second") == ("succeeded", False)
+    assert store.redis.get(JobKeys.of(job_id).result) == b"first"
+    assert store.load_input(job_id) is None  # the input goes once the job is done
+    assert store.begin_run(job_id, "t3", worker="w3", lease_seconds=30)[0] == "succeeded"  # never back to running
+    assert status_of(store, job_id) == "succeeded"
+
+
+def test_a_lapsed_lease_lets_another_run_take_over_and_fences_the_old_one(store):
+    job_id = make_job(store)
+    assert store.begin_run(job_id, "old", worker="w1", lease_seconds=0.2)[0] == "started"
+    time.sleep(0.35)  # the first worker "died": its lease lapsed
+    assert store.begin_run(job_id, "new", worker="w2", lease_seconds=30) == ("started", "running")
+    assert not store.renew_lease(job_id, "old", 30)
+    assert not store.set_progress(job_id, "old", {"phase": "training", "step": 9, "total_steps": 10})
+    assert store.finish(job_id, "old", "succeeded", result=b"stale") == ("running", False)
+    assert store.finish(job_id, "new", "succeeded", result=b"fresh") == ("succeeded", True)
+    assert store.redis.get(JobKeys.of(job_id).result) == b"fresh"
+    assert store.fields(job_id)["runs"] == "2"
+
+
+def test_a_queued_job_that_is_canceled_never_starts(store):
+    job_id = make_job(store)
+    assert store.cancel(job_id) == "canceled_now"
+    assert store.begin_run(job_id, "t", worker="w", lease_seconds=30)[0] == "canceled"
+    assert status_of(store, job_id) == "canceled"
+    assert store.cancel(job_id) == "canceled"  # the API answers 409: already finished
+
+
+def test_a_canceled_running_job_never_turns_succeeded(store):
+    job_id = make_job(store)
+    store.begin_run(job_id, "t", worker="w", lease_seconds=30)
+    assert store.cancel(job_id) == "requested"
+    assert store.cancel_requested(job_id)
+    assert store.finish(job_id, "t", "succeeded", result=b"late") == ("canceled", True)
+    assert store.redis.get(JobKeys.of(job_id).result) is None
+    assert not store.cancel_requested(job_id)
+
+
+def test_a_handed_back_job_is_queued_again_unless_canceled(store):
+    job_id = make_job(store)
+    store.begin_run(job_id, "t", worker="w", lease_seconds=30)
+    assert store.release(job_id, "t") == "queued"
+    assert status_of(store, job_id) == "queued"
+    assert store.begin_run(job_id, "t2", worker="w", lease_seconds=30) == ("started", "queued")
+    store.cancel(job_id)
+    assert store.release(job_id, "t2") == "cancel"
+
+
+def test_progress_is_written_only_by_the_running_run(store):
+    job_id = make_job(store)
+    store.begin_run(job_id, "t", worker="w", lease_seconds=30)
+    assert store.set_progress(job_id, "t", {"phase": "training", "step": 5, "total_steps": 10, "loss": 0.1})
+    progress = public_job(store.fields(job_id))["progress"]
+    assert progress == {"phase": "training", "step": 5, "total_steps": 10, "fraction": 0.5, "loss": 0.1}
+
+
+def test_expired_jobs_leave_a_tombstone_for_their_owner(store, redis_server):
+    job_id = make_job(store, ttl=1)
+    time.sleep(1.3)
+    assert store.fields(job_id) is None
+    assert store.load_input(job_id) is None
+
+    async def look():
+        async_store = AsyncJobStore(redis_server.url)
+        try:
+            return await async_store.lookup(job_id)
+        finally:
+            await async_store.close()
+
+    found = asyncio.run(look())
+    assert found.expired_for(OWNER) and not found.expired_for("someone-else") and not found.visible_to(OWNER)
+
+
+def test_finishing_keeps_everything_for_a_full_ttl(store):
+    job_id = make_job(store, ttl=2)
+    store.begin_run(job_id, "t", worker="w", lease_seconds=30)
+    time.sleep(1.2)
+    store.finish(job_id, "t", "succeeded", result=b"r")
+    keys = JobKeys.of(job_id)
+    assert store.redis.ttl(keys.job) == 2 and store.redis.ttl(keys.result) == 2
+
+
+def test_deliveries_are_recorded_and_capped(store):
+    job_id = make_job(store, webhook_url="http://example.invalid/hook")
+    for attempt in range(1, 25):
+        store.record_delivery(job_id, {"event": "job.started", "webhook_id": "msg_x", "attempt": attempt,
+                                       "status": 500, "error": "receiver answered 500", "outcome": "retrying",
+                                       "at": time.time()}, outcome="retrying")
+    store.record_delivery(job_id, {"event": "job.started", "webhook_id": "msg_x", "attempt": 25, "status": 204,
+                                   "error": None, "outcome": "delivered", "at": time.time()}, outcome="delivered")
+    webhook = store.public(job_id)["webhook"]
+    assert webhook["attempts"] == 25 and webhook["last_status"] == 204 and webhook["delivered_at"]
+    assert len(webhook["deliveries"]) == 20 and webhook["deliveries"][0]["attempt"] == 25
+
+
+def test_listing_is_newest_first_filters_by_status_and_drops_expired_ids(store, redis_server):
+    owner = "lister-" + new_job_id()[:6]
+    first, second, third = (make_job(store, owner=owner) for _ in range(3))
+    gone = make_job(store, owner=owner, ttl=1)
+    store.begin_run(second, "t", worker="w", lease_seconds=30)
+    time.sleep(1.2)
+
+    async def listing(**kwargs):
+        async_store = AsyncJobStore(redis_server.url)
+        try:
+            return [job["id"] for job in await async_store.list_for(owner, **kwargs)]
+        finally:
+            await async_store.close()
+
+    assert asyncio.run(listing(status=None, limit=10)) == [third, second, first]
+    assert asyncio.run(listing(status="running", limit=10)) == [second]
+    assert asyncio.run(listing(status=None, limit=2)) == [third, second]
+    assert gone not in asyncio.run(listing(status=None, limit=10))
+
+
+def test_status_counters_follow_the_transitions(store):
+    before = {k: int(v) for k, v in store.redis.hgetall("upscaler:stats").items() if k.startswith(b"total:")}
+    job_id = make_job(store)
+    store.begin_run(job_id, "t", worker="w", lease_seconds=30)
+    store.finish(job_id, "t", "failed", fields={"error": json.dumps({"code": "x", "message": "y"})})
+    after = {k: int(v) for k, v in store.redis.hgetall("upscaler:stats").items() if k.startswith(b"total:")}
+    for status in (b"total:queued", b"total:running", b"total:failed"):
+        assert after[status] == before.get(status, 0) + 1
+    assert public_job(store.fields(job_id))["error"] == {"code": "x", "message": "y"}

@@ -1,0 +1,139 @@
+"""`python -m worker`: start the workers for the queues this host serves.
+
+  python -m worker                       # every queue: one GPU-queue worker and one light-queue worker
+  python -m worker --queues gpu          # a GPU host: one solo process per GPU (--gpus 0,1,...)
+  python -m worker --queues light -c 8   # a CPU host: bicubic jobs and webhook deliveries, 8 threads
+
+The `gpu` queue is served by a solo pool (one process, one job at a time, no fork, so CUDA is never
+initialised in a parent that forks); `light` by a thread pool, so a bicubic job or a webhook never waits
+behind ZSSR training. With more than one process to run, this process supervises them: SIGTERM/SIGINT is
+passed on, and if one exits the others are stopped, so an orchestrator sees the failure and restarts.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from worker.settings import QUEUES, Settings, SettingsError, UnsafeSettings, load_settings
+from worker.store import JobStore
+
+HEALTHY_WITHIN_SECONDS = 20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queues", default=",".join(QUEUES),
+                        help=f"comma-separated queues to consume (default: all of {','.join(QUEUES)})")
+    parser.add_argument("-c", "--concurrency", type=int, default=None,
+                        help="threads of the light-queue worker (default UPSCALER_LIGHT_CONCURRENCY)")
+    parser.add_argument("--gpus", default="",
+                        help="'all' or comma-separated GPU indices: one gpu-queue process per GPU, each seeing only "
+                             "its own (default: one process, device from UPSCALER_DEVICE)")
+    parser.add_argument("--loglevel", default=os.environ.get("UPSCALER_LOG_LEVEL", "INFO"))
+    parser.add_argument("--healthcheck", action="store_true",
+                        help="exit 0 if a worker on this host sent a heartbeat recently (for container healthchecks)")
+    args = parser.parse_args(argv)
+    args.queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = [q for q in args.queues if q not in QUEUES]
+    if unknown or not args.queues:
+        parser.error(f"unknown queue(s) {unknown}; choose from {', '.join(QUEUES)}")
+    args.gpus = visible_gpus() if args.gpus.strip() == "all" else [g.strip() for g in args.gpus.split(",") if g.strip()]
+    return args
+
+
+def visible_gpus() -> list[str]:
+    """Indices of this host's GPUs, from nvidia-smi: asking CUDA here would initialise it in the supervisor."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("worker: --gpus all needs nvidia-smi; pass the indices instead (--gpus 0,1)") from None
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def celery_argv(queue: str, *, concurrency: int, loglevel: str) -> list[str]:
+    """The Celery worker command line for one queue (see the module docstring for why these pools)."""
+    pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "threads", "--concurrency", str(concurrency)]
+    return ["worker", "--queues", queue, *pool, "--hostname", f"{queue}-{os.getpid()}@{socket.gethostname()}",
+            "--loglevel", loglevel, "--prefetch-multiplier", "1",
+            # Gossip, mingle and Celery's own heartbeats are broadcast chatter this service does not use.
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def child_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
+    """One `python -m worker --queues Q` per process to supervise, with its environment."""
+    base = [sys.executable, "-m", "worker", "--loglevel", args.loglevel]
+    commands = []
+    if "gpu" in args.queues:
+        for gpu in args.gpus or [None]:
+            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+            commands.append((base + ["--queues", "gpu"], env))
+    if "light" in args.queues:
+        extra = ["--concurrency", str(args.concurrency)] if args.concurrency else []
+        commands.append((base + ["--queues", "light", *extra], dict(os.environ)))
+    return commands
+
+
+def supervise(commands: list[tuple[list[str], dict[str, str]]]) -> int:
+    children = [subprocess.Popen(command, env=env) for command, env in commands]
+
+    def pass_on(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, pass_on)
+    signal.signal(signal.SIGINT, pass_on)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    for child in children:  # one ended: stop the rest so the whole worker is restarted as one
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 60
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return max((child.returncode or 0) for child in children)
+
+
+def healthcheck(settings: Settings) -> int:
+    store = JobStore(settings.redis_url)
+    host = socket.gethostname()
+    alive = [name for name, _ in store.live_workers(HEALTHY_WITHIN_SECONDS) if name.endswith("@" + host)]
+    print(f"{len(alive)} live worker(s) on {host}")
+    return 0 if alive else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        settings.check_deployable()
+    except (UnsafeSettings, SettingsError) as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    if args.healthcheck:
+        return healthcheck(settings)
+    commands = child_commands(args)
+    if len(commands) > 1:
+        return supervise(commands)
+    queue = args.queues[0]
+    if args.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus[0]
+    # Imported only now: building the Celery app reads the settings, which were just checked with a clean error.
+    from worker.celery_app import app  # noqa: PLC0415
+    app.worker_main(celery_argv(queue, concurrency=args.concurrency or settings.light_concurrency,
+                                loglevel=args.loglevel))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""What surrounds one run of a job: the lease, the stop checks, progress, and how failures are named.
+
+Kept out of `worker.tasks` so a task reads as: load, call sr, save, report.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import sr
+from worker.images import ImageRejected
+from worker.settings import Settings
+from worker.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# Set by Celery's `worker_shutting_down` signal: running jobs stop between steps and are handed back.
+shutting_down = threading.Event()
+CANCEL_CHECK_SECONDS = 0.2  # how often should_stop asks Redis for the cancel flag
+
+
+class RunControl:
+    """The `progress` and `should_stop` callbacks that one run hands to `sr.upscale`."""
+
+    def __init__(self, store: JobStore, job_id: str, token: str, settings: Settings):
+        self.store, self.job_id, self.token = store, job_id, token
+        self.deadline = time.monotonic() + settings.job_time_limit_seconds
+        self.progress_interval = settings.progress_interval_seconds
+        self.lease_lost = threading.Event()
+        self.stop_reason: str | None = None  # "canceled" | "timeout" | "shutdown" | "lease_lost"
+        self.train_steps: int | None = None
+        self._last_progress_write = float("-inf")
+        self._last_cancel_check = float("-inf")
+
+    def should_stop(self) -> bool:
+        if self.stop_reason is None:
+            self.stop_reason = self._reason_to_stop()
+        return self.stop_reason is not None
+
+    def _reason_to_stop(self) -> str | None:
+        now = time.monotonic()
+        if shutting_down.is_set():
+            return "shutdown"
+        if self.lease_lost.is_set():
+            return "lease_lost"
+        if now > self.deadline:
+            return "timeout"
+        if now - self._last_cancel_check >= CANCEL_CHECK_SECONDS:
+            self._last_cancel_check = now
+            if self.store.cancel_requested(self.job_id):
+                return "canceled"
+        return None
+
+    def progress(self, update: sr.Progress) -> None:
+        if update.phase == "training":
+            self.train_steps = update.step
+        now = time.monotonic()
+        final = update.step >= update.total_steps
+        if now - self._last_progress_write < self.progress_interval and not final:
+            return  # at most one write per interval: polls see it, Redis is not hammered per step
+        self._last_progress_write = now
+        self.report(update.phase, update.step, update.total_steps, update.loss)
+
+    def report(self, phase: str, step: int = 0, total_steps: int = 0, loss: float | None = None) -> None:
+        progress: dict[str, Any] = {"phase": phase, "step": int(step), "total_steps": int(total_steps)}
+        if loss is not None:
+            progress["loss"] = round(float(loss), 6)
+        self.store.set_progress(self.job_id, self.token, progress)
+
+
+@contextmanager
+def keep_lease(store: JobStore, job_id: str, token: str, lease_seconds: float,
+               control: RunControl) -> Iterator[None]:
+    """Renew the job's lease every third of its length while the run lasts (a daemon thread).
+
+    If the lease cannot be renewed because another run owns the job now, the run stops between steps."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lease_seconds / 3):
+            try:
+                if not store.renew_lease(job_id, token, lease_seconds):
+                    log.warning("job %s: lease lost to another run; stopping this one", job_id)
+                    control.lease_lost.set()
+                    return
+            except Exception:  # Redis briefly away: keep trying, the lease is longer than one miss
+                log.warning("job %s: lease renewal failed; retrying", job_id, exc_info=True)
+
+    thread = threading.Thread(target=renew, name=f"lease-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
+def failure_for(exc: BaseException) -> dict[str, str]:
+    """The job's `error` for an exception raised while loading, upscaling or encoding."""
+    if isinstance(exc, (sr.InvalidInput, ImageRejected)):
+        return {"code": "invalid_input", "message": str(exc)}
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return {"code": "out_of_memory", "message": "the job ran out of memory"}
+    if isinstance(exc, NotImplementedError):
+        return {"code": "not_implemented", "message": str(exc) or "not implemented"}
+    return {"code": "internal_error", "message": f"{type(exc).__name__} while running the job"}
+
+
+PRESETS = ("fast", "balanced", "paper")
+
+
+def overrides_for(overrides: dict[str, Any], preset: str) -> dict[str, Any]:
+    """UPSCALER_ZSSR_OVERRIDES is either one object for every preset, or an object keyed by preset name."""
+    if overrides and all(key in PRESETS for key in overrides):
+        return dict(overrides.get(preset) or {})
+    return dict(overrides)
+
+
+def zssr_config(settings: Settings, preset: str) -> Any:
+    """The ZSSR config with UPSCALER_ZSSR_OVERRIDES applied over the preset; None = the preset as it is."""
+    overrides = overrides_for(settings.zssr_overrides, preset)
+    if not overrides:
+        return None
+    build = getattr(sr, "config_for", None)
+    if build is None:
+        raise NotImplementedError("UPSCALER_ZSSR_OVERRIDES needs sr.config_for, which this sr core lacks")
+    return build(preset, overrides)
+
+
+def sr_metrics(output: Any) -> dict[str, str]:
+    """train_steps and device from the output's info["sr"], when the core reports them."""
+    info = getattr(output, "info", {}).get("sr") or {}
+    found = {}
+    if info.get("train_steps") is not None:
+        found["train_steps"] = str(int(info["train_steps"]))
+    if info.get("device"):
+        found["device"] = str(info["device"])
+    return found
+
+
+class Heartbeat:
+    """Tells the store every few seconds that this worker is alive (GET /readyz counts live workers)."""
+
+    INTERVAL_SECONDS = 5.0
+
+    def __init__(self, store: JobStore, name: str, queues: list[str]):
+        self.store, self.name, self.queues = store, name, queues
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.store.heartbeat(self.name, self.queues)
+            except Exception:
+                log.warning("heartbeat failed; retrying", exc_info=True)
+            if self._done.wait(self.INTERVAL_SECONDS):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        try:
+            self.store.forget_worker(self.name, self.queues)
+        except Exception:
+            log.warning("could not remove this worker's heartbeat", exc_info=True)

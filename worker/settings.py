@@ -1,0 +1,153 @@
+"""The one settings class shared by the API and the workers (environment variables, CONTRACT.md section 3).
+
+`api` imports `worker`, never the reverse, so the settings live here. Every variable is read from the
+environment with the `UPSCALER_` prefix, except `REDIS_URL`. Secrets are `SecretStr`, so they never
+show up in a repr, a log line or an error message.
+"""
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+QUEUES = ("gpu", "light")  # gpu: ZSSR training; light: bicubic jobs and webhook deliveries
+METHOD_QUEUE = {"zssr": "gpu", "bicubic": "light"}
+
+
+class UnsafeSettings(ValueError):
+    """The settings are fine for a laptop but not for a service reachable from other machines."""
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable (never its value: it may be a secret)."""
+
+
+class Settings(BaseSettings):
+    # hide_input_in_errors: a bad secret must not be echoed into an error message or a log.
+    model_config = SettingsConfigDict(env_prefix="UPSCALER_", extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "UPSCALER_REDIS_URL"))
+    host: str = "127.0.0.1"  # where `python -m api` listens
+    port: int = Field(8000, ge=0, le=65535)
+    # Comma-separated; empty = open access, allowed only in local mode (see `check_deployable`).
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    webhook_secret: SecretStr | None = None  # "whsec_" + base64 (Standard Webhooks)
+    max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)  # of the image itself; JSON bodies may carry its base64
+    max_input_pixels: int = Field(4096 * 4096, gt=0)  # checked on the declared size, before decoding
+    max_output_pixels: int = Field(4096 * 4096, gt=0)  # width * height of the upscaled image
+    job_ttl_seconds: int = Field(24 * 3600, gt=0)  # a job, its input and result live this long after the last change
+    tombstone_seconds: int = Field(7 * 24 * 3600, ge=0)  # how long after expiry an id still answers 410, not 404
+    webhook_allow_private: bool = False
+    device: str | None = None  # "cpu" | "cuda" | "cuda:1"; unset = CUDA when available
+    # JSON object applied over every ZSSR preset (e.g. {"max_iters": 400}), or keyed by preset
+    # ({"paper": {"max_iters": 1000}}): how tests and operators shrink training budgets (sr.config_for).
+    zssr_overrides: Annotated[dict[str, Any], NoDecode] = {}
+    job_time_limit_seconds: int = Field(3600, gt=0)  # a running job past this ends failed/timeout
+    lease_seconds: int = Field(30, ge=3)  # a running job's lease; its worker renews it every third of this
+    progress_interval_seconds: float = Field(0.5, ge=0)  # at most two progress writes a second
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff_seconds: float = Field(5.0, ge=0)  # first retry delay; doubles each attempt
+    webhook_backoff_max_seconds: float = Field(900.0, ge=0)  # a delay cap, well under the visibility timeout
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    light_concurrency: int = Field(4, ge=1)  # threads of a light-queue worker
+    dev: bool = False  # local mode: set by `python -m api --dev` for its worker
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("zssr_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ValueError("UPSCALER_ZSSR_OVERRIDES must be a JSON object")
+        return value
+
+    @field_validator("webhook_secret", mode="after")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key_bytes(value)  # raises ValueError with a message that does not echo the secret
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _empty_device(cls, value: Any) -> Any:
+        return value or None
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        return None if self.webhook_secret is None else secret_key_bytes(self.webhook_secret)
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        # Celery's Redis transport redelivers an unacknowledged message after this: it must exceed the
+        # longest job, or a healthy long job would be handed to a second worker.
+        return self.job_time_limit_seconds + 900
+
+    def is_local(self, *, bind_host: str | None = None) -> bool:
+        """Local mode: `--dev`, or an API bound to loopback, or a worker whose Redis is on loopback."""
+        if self.dev:
+            return True
+        host = bind_host if bind_host is not None else (urlsplit(self.redis_url).hostname or "localhost")
+        return _is_loopback(host) or self.redis_url.startswith("unix:")
+
+    def check_deployable(self, *, bind_host: str | None = None) -> None:
+        """Refuse open access and unsigned webhooks outside local mode (raises UnsafeSettings)."""
+        if self.is_local(bind_host=bind_host):
+            return
+        problems = []
+        if not self.api_keys:
+            problems.append("UPSCALER_API_KEYS is empty (open access)")
+        if self.webhook_secret is None:
+            problems.append("UPSCALER_WEBHOOK_SECRET is unset (webhooks could not be signed)")
+        if problems:
+            raise UnsafeSettings("refusing to start outside local mode: " + "; ".join(problems)
+                                 + ". Set them, or bind to 127.0.0.1, or use --dev.")
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with one readable line per bad variable instead of a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+
+
+def _variable(loc: tuple) -> str:
+    name = str(loc[0]) if loc else "?"
+    return "REDIS_URL" if name == "redis_url" else "UPSCALER_" + name.upper()
+
+
+def secret_key_bytes(secret: SecretStr) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: the base64 part after `whsec_`."""
+    text = secret.get_secret_value()
+    if not text.startswith("whsec_"):
+        raise ValueError("UPSCALER_WEBHOOK_SECRET must start with 'whsec_' followed by base64")
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ValueError("UPSCALER_WEBHOOK_SECRET: the part after 'whsec_' is not valid base64") from None
+    if len(key) < 16:
+        raise ValueError("UPSCALER_WEBHOOK_SECRET: the key must be at least 16 bytes")
+    return key
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

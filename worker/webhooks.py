@@ -1,0 +1,148 @@
+"""Webhooks (Standard Webhooks v1, CONTRACT.md section 5): signing, the target guard, one delivery attempt.
+
+Retries are scheduled by the Celery task (`worker.tasks.deliver_webhook`) so no worker thread sleeps
+through a backoff. The target guard resolves the host, refuses loopback, private, link-local, metadata
+and other non-global addresses (unless allowed), and then connects to the address it checked, so a DNS
+answer that changes between the check and the request cannot redirect the delivery.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled")
+TERMINAL_EVENT = {"succeeded": "job.succeeded", "failed": "job.failed", "canceled": "job.canceled"}
+USER_AGENT = "zssr-upscaler-webhooks/1"
+# Metadata services that some clouds serve on addresses Python does not count as non-global.
+_METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+
+
+class TargetRefused(ValueError):
+    """The webhook URL is not one we send to; the message says why (and contains no secret)."""
+
+
+def webhook_id(job_id: str, event_type: str) -> str:
+    """Stable per job and event: every retry, and every re-run of the job, sends the same id."""
+    return "msg_" + hashlib.sha256(f"{job_id}:{event_type}".encode()).hexdigest()[:32]
+
+
+def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def verify(key: bytes, headers: dict[str, str], body: bytes, *, tolerance_seconds: int = 300) -> bool:
+    """What a receiver does (used by the tests and shown in the README)."""
+    message_id, timestamp = headers["webhook-id"], int(headers["webhook-timestamp"])
+    if abs(time.time() - timestamp) > tolerance_seconds:
+        return False
+    expected = sign(key, message_id, timestamp, body).encode()
+    return any(hmac.compare_digest(expected, candidate.encode())
+               for candidate in headers["webhook-signature"].split(" "))
+
+
+def event_body(event_type: str, job: dict[str, Any]) -> str:
+    return json.dumps({"type": event_type, "timestamp": job.get("finished_at") or job.get("started_at")
+                       or job.get("created_at"), "data": job}, separators=(",", ":"))
+
+
+def check_url_syntax(url: str) -> None:
+    """What can be checked without DNS: scheme, host, no credentials in the URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise TargetRefused("webhook_url must be an http or https URL")
+    if not parts.hostname:
+        raise TargetRefused("webhook_url has no host")
+    if parts.username or parts.password:
+        raise TargetRefused("webhook_url must not contain credentials")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise TargetRefused("webhook_url has an invalid port") from None
+
+
+def is_refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (not address.is_global) or address.is_multicast or address in _METADATA
+
+
+def resolve_target(url: str, *, allow_private: bool) -> str:
+    """Check `url` and return the IP address to connect to (raises TargetRefused)."""
+    check_url_syntax(url)
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise TargetRefused(f"webhook host {host!r} does not resolve") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not allow_private:
+        refused = [a for a in addresses if is_refused_address(a)]
+        if refused:  # refuse if any answer is internal: the client could be steered to it
+            raise TargetRefused(f"webhook host {host!r} resolves to a non-public address ({refused[0]}); "
+                                "set UPSCALER_WEBHOOK_ALLOW_PRIVATE=true to allow it")
+    return str(addresses[0])
+
+
+def _pinned_url(url: str, address: str) -> str:
+    parts = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: int | None  # the HTTP status, None when no answer came
+    error: str | None  # why it failed, for the job's delivery record
+    delivered: bool
+    retryable: bool  # a refused target is not retried; a 500 or a timeout is
+
+
+def deliver(url: str, *, message_id: str, body: str, key: bytes, allow_private: bool,
+            timeout: float) -> Attempt:
+    """One delivery attempt: sign, connect to the checked address, never follow a redirect."""
+    try:
+        address = resolve_target(url, allow_private=allow_private)
+    except TargetRefused as exc:
+        return Attempt(None, str(exc), False, retryable="does not resolve" in str(exc))
+    timestamp = int(time.time())
+    payload = body.encode()
+    headers = {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "host": urlsplit(url).netloc.rpartition("@")[2],
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, message_id, timestamp, payload),
+    }
+    hostname = urlsplit(url).hostname
+    try:
+        with httpx.Client(follow_redirects=False, trust_env=False, timeout=timeout) as client:
+            response = client.post(_pinned_url(url, address), content=payload, headers=headers,
+                                   extensions={"sni_hostname": hostname})
+    except httpx.TimeoutException:
+        return Attempt(None, "timed out", False, True)
+    except httpx.HTTPError as exc:
+        return Attempt(None, f"{type(exc).__name__}: could not connect or send", False, True)
+    if 200 <= response.status_code < 300:
+        return Attempt(response.status_code, None, True, False)
+    if 300 <= response.status_code < 400:
+        return Attempt(response.status_code, "redirect not followed", False, True)
+    return Attempt(response.status_code, f"receiver answered {response.status_code}", False, True)
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Delay before attempt `attempt + 1` (attempt counts from 1): base, 2*base, 4*base, ... capped."""
+    return min(cap, base * (2 ** (attempt - 1)))
