@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -48,9 +49,12 @@ async def get_current_key(request: Request, settings: SettingsDep) -> str:
     if not settings.api_keys:
         return OPEN_ACCESS_OWNER
     presented = (_presented_key(request) or "").encode()
+    # Digests have one length whatever the key's, so the comparison's time says nothing about a key's length
+    # either; every key is compared, without stopping at a match.
+    presented_digest = hashlib.sha256(presented).digest()
     matched = False
-    for key in settings.api_keys:  # compare with every key, in constant time, without stopping early
-        matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
+    for key in settings.api_keys:
+        matched |= hmac.compare_digest(presented_digest, hashlib.sha256(key.get_secret_value().encode()).digest())
     if not presented or not matched:
         raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
                        {"WWW-Authenticate": "Bearer"})
@@ -58,6 +62,17 @@ async def get_current_key(request: Request, settings: SettingsDep) -> str:
 
 
 CurrentKey = Annotated[str, Depends(get_current_key)]
+
+
+async def enforce_rate_limit(owner: CurrentKey, settings: SettingsDep, store: StoreDep) -> None:
+    """At most UPSCALER_RATE_LIMIT_PER_SECOND requests a second per key (bursts of UPSCALER_RATE_LIMIT_BURST),
+    counted in Redis so every API process shares the count; 429 with Retry-After beyond it."""
+    if not settings.rate_limit_per_second:
+        return
+    wait = await store.take_request(owner, per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst)
+    if wait:
+        raise ApiError(429, "rate_limited", f"more than {settings.rate_limit_per_second:g} requests a second "
+                                            "with this key; slow down", {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import kombu.exceptions
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,6 +59,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("job store unavailable: %s", type(exc).__name__)
         return error_response(503, "store_unavailable", "the job store is unavailable; retry shortly",
+                              {"Retry-After": str(STORE_RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(kombu.exceptions.OperationalError)
+    async def _queue_down(_: Request, exc: kombu.exceptions.OperationalError) -> JSONResponse:
+        log.warning("job queue unavailable: %s", type(exc).__name__)
+        return error_response(503, "queue_unavailable", "the job queue is unavailable; retry shortly",
                               {"Retry-After": str(STORE_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(Exception)

@@ -23,7 +23,8 @@ class _Snapshot:
         return iter(self.families)
 
 
-def render(stats: dict[str, str], depths: dict[str, int], workers: list[tuple[str, list[str]]]) -> bytes:
+def render(stats: dict[str, str], depths: dict[str, int], workers: list[tuple[str, list[str]]],
+           pending_events: int = 0) -> bytes:
     active = GaugeMetricFamily("upscaler_jobs", "Jobs now queued or running", labels=["status"])
     for status in ACTIVE:
         active.add_metric([status], max(0, int(stats.get(f"active:{status}", 0))))
@@ -49,6 +50,13 @@ def render(stats: dict[str, str], depths: dict[str, int], workers: list[tuple[st
     for outcome in WEBHOOK_OUTCOMES:
         deliveries.add_metric([outcome], int(stats.get(f"webhook:{outcome}", 0)))
     families.append(deliveries)
+    pending = GaugeMetricFamily("upscaler_webhook_events_pending", "Webhook events waiting in the outbox")
+    pending.add_metric([], pending_events)
+    reaper = CounterMetricFamily("upscaler_reaper_actions", "Jobs the reaper put back in the queue (lease lapsed) "
+                                 "or whose lost message it sent again", labels=["action"])
+    for action in ("requeued", "redispatched"):
+        reaper.add_metric([action], int(stats.get(f"reaper:{action}", 0)))
+    families += [pending, reaper]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry)

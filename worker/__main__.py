@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from worker.settings import QUEUES, Settings, SettingsError, UnsafeSettings, load_settings
+from worker.settings import EXIT_STUCK_RUN, QUEUES, Settings, SettingsError, UnsafeSettings, load_settings
 from worker.store import JobStore
 
 HEALTHY_WITHIN_SECONDS = 20
@@ -81,15 +81,25 @@ def child_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str, 
 
 def supervise(commands: list[tuple[list[str], dict[str, str]]]) -> int:
     children = [subprocess.Popen(command, env=env) for command, env in commands]
+    stopping = False
 
     def pass_on(signum, _frame):
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, pass_on)
-    while all(child.poll() is None for child in children):
+    while True:
+        for i, child in enumerate(children):
+            # A child whose watchdog ended a stuck run exits to be restarted: restart it here.
+            if child.poll() == EXIT_STUCK_RUN and not stopping:
+                logging.getLogger(__name__).warning("worker %d ended a stuck run; restarting it", child.pid)
+                children[i] = subprocess.Popen(*commands[i][:1], env=commands[i][1])
+        if not all(child.poll() is None for child in children):
+            break
         time.sleep(0.5)
     for child in children:  # one ended: stop the rest so the whole worker is restarted as one
         if child.poll() is None:

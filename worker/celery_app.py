@@ -10,7 +10,6 @@ from kombu import Exchange, Queue
 from worker.settings import QUEUES, Settings
 
 RUN_JOB = "upscaler.run_job"
-DELIVER_WEBHOOK = "upscaler.deliver_webhook"
 # kombu's Redis transport keeps one list per queue and priority step, named "{queue}\x06\x16{step}" (step 0: "{queue}").
 PRIORITY_STEPS = (0, 3, 6, 9)
 PRIORITY_SEPARATOR = "\x06\x16"

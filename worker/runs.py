@@ -4,7 +4,9 @@ Kept out of `worker.tasks` so a task reads as: load, call sr, save, report.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -12,7 +14,7 @@ from typing import Any, Iterator
 
 import sr
 from worker.images import ImageRejected
-from worker.settings import Settings
+from worker.settings import EXIT_STUCK_RUN, Settings
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,15 @@ class RunControl:
 
     def __init__(self, store: JobStore, job_id: str, token: str, settings: Settings):
         self.store, self.job_id, self.token = store, job_id, token
-        self.deadline = time.monotonic() + settings.job_time_limit_seconds
+        started = time.monotonic()
+        self.deadline = started + settings.job_time_limit_seconds
         self.progress_interval = settings.progress_interval_seconds
         self.lease_lost = threading.Event()
+        # Until when this run surely still holds its lease: begin_run set it just now, each renewal moves it
+        # on. Past it, another worker may own the job, so the run stops at once (even before the renewal
+        # thread hears so): a worker that was merely slow never runs on beside the new owner.
+        self.lease_seconds = settings.lease_seconds
+        self.lease_held_until = started + self.lease_seconds - _lease_margin(self.lease_seconds)
         self.stop_reason: str | None = None  # "canceled" | "timeout" | "shutdown" | "lease_lost"
         self.train_steps: int | None = None
         self._last_progress_write = float("-inf")
@@ -44,7 +52,7 @@ class RunControl:
         now = time.monotonic()
         if shutting_down.is_set():
             return "shutdown"
-        if self.lease_lost.is_set():
+        if self.lease_lost.is_set() or now > self.lease_held_until:
             return "lease_lost"
         if now > self.deadline:
             return "timeout"
@@ -70,19 +78,56 @@ class RunControl:
             progress["loss"] = round(float(loss), 6)
         self.store.set_progress(self.job_id, self.token, progress)
 
+    def save_checkpoint(self, data: bytes) -> None:
+        """sr's `checkpoint` callback: keep the latest training state under the job (this run's only)."""
+        if not self.store.save_checkpoint(self.job_id, self.token, data):
+            log.info("job %s: checkpoint not kept (this run no longer owns the job)", self.job_id)
+
+    def renew(self) -> bool:
+        """Renew the lease; True while this run still owns the job."""
+        sent = time.monotonic()
+        if not self.store.renew_lease(self.job_id, self.token, self.lease_seconds):
+            return False
+        self.lease_held_until = sent + self.lease_seconds - _lease_margin(self.lease_seconds)
+        return True
+
+    def pause_before_result(self, pause_seconds: float, hang_seconds: float) -> None:
+        """Test hooks (settings, off by default): wait between computing the result and writing it."""
+        if hang_seconds:
+            log.warning("job %s: test hook: hanging %.1f s before the result write", self.job_id, hang_seconds)
+            time.sleep(hang_seconds)
+        if pause_seconds:
+            log.warning("job %s: test hook: pausing %.1f s before the result write", self.job_id, pause_seconds)
+            until = time.monotonic() + pause_seconds
+            while time.monotonic() < until:
+                if self.should_stop():
+                    raise sr.Cancelled()
+                time.sleep(0.1)
+
+
+def _lease_margin(lease_seconds: float) -> float:
+    # The lease's clock starts when Redis gets the renewal, after it was sent; the margin absorbs a late step.
+    return min(1.0, lease_seconds / 10)
+
 
 @contextmanager
-def keep_lease(store: JobStore, job_id: str, token: str, lease_seconds: float,
-               control: RunControl) -> Iterator[None]:
+def keep_lease(store: JobStore, job_id: str, token: str, settings: Settings, control: RunControl) -> Iterator[None]:
     """Renew the job's lease every third of its length while the run lasts (a daemon thread).
 
-    If the lease cannot be renewed because another run owns the job now, the run stops between steps."""
+    If the lease cannot be renewed because another run owns the job now, the run stops between steps.
+    The same thread is the run's watchdog: a run still going `job_stop_grace_seconds` after its time
+    limit (stuck somewhere that never asks should_stop) is failed with `timeout`, and the process exits
+    with EXIT_STUCK_RUN so that it is restarted: a stuck thread cannot be stopped any other way."""
     done = threading.Event()
+    give_up_at = control.deadline + settings.job_stop_grace_seconds
 
     def renew() -> None:
-        while not done.wait(lease_seconds / 3):
+        while not done.wait(settings.lease_seconds / 3):
+            if time.monotonic() > give_up_at:
+                _end_stuck_run(store, job_id, token, settings)
+                return
             try:
-                if not store.renew_lease(job_id, token, lease_seconds):
+                if not control.renew():
                     log.warning("job %s: lease lost to another run; stopping this one", job_id)
                     control.lease_lost.set()
                     return
@@ -98,11 +143,30 @@ def keep_lease(store: JobStore, job_id: str, token: str, lease_seconds: float,
         thread.join(timeout=5)
 
 
+def _end_stuck_run(store: JobStore, job_id: str, token: str, settings: Settings) -> None:
+    error = {"code": "timeout", "message": f"the job ran longer than {settings.job_time_limit_seconds:g} s "
+                                           "and did not stop; its worker was restarted"}
+    try:
+        final, changed = store.finish(job_id, token, "failed", fields={"error": json.dumps(error)})
+        log.error("job %s: still running %.0f s past its time limit; ended %s; restarting this worker",
+                  job_id, settings.job_stop_grace_seconds, final if changed else "by another run")
+    finally:
+        logging.shutdown()
+        os._exit(EXIT_STUCK_RUN)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's CUDA OutOfMemoryError, or the RuntimeError of torch's CPU allocator."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+
+
 def failure_for(exc: BaseException) -> dict[str, str]:
     """The job's `error` for an exception raised while loading, upscaling or encoding."""
     if isinstance(exc, (sr.InvalidInput, ImageRejected)):
         return {"code": "invalid_input", "message": str(exc)}
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(exc):
         return {"code": "out_of_memory", "message": "the job ran out of memory"}
     if isinstance(exc, NotImplementedError):
         return {"code": "not_implemented", "message": str(exc) or "not implemented"}

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QUEUES = ("gpu", "light")  # gpu: ZSSR training; light: bicubic jobs and webhook deliveries
 METHOD_QUEUE = {"zssr": "gpu", "bicubic": "light"}
+# The exit status of a worker whose watchdog ended a stuck run (worker/runs.py): `python -m worker` restarts it.
+EXIT_STUCK_RUN = 75
 
 
 class UnsafeSettings(ValueError):
@@ -47,14 +49,32 @@ class Settings(BaseSettings):
     # JSON object applied over every ZSSR preset (e.g. {"max_iters": 400}), or keyed by preset
     # ({"paper": {"max_iters": 1000}}): how tests and operators shrink training budgets (sr.config_for).
     zssr_overrides: Annotated[dict[str, Any], NoDecode] = {}
-    job_time_limit_seconds: int = Field(3600, gt=0)  # a running job past this ends failed/timeout
-    lease_seconds: int = Field(30, ge=3)  # a running job's lease; its worker renews it every third of this
+    job_time_limit_seconds: float = Field(3600, gt=0)  # a running job past this ends failed/timeout
+    # A run still going this long after its time limit (stuck where sr does not ask should_stop) is failed
+    # with `timeout` by its own watchdog, and its worker process exits to be restarted.
+    job_stop_grace_seconds: float = Field(60, gt=0)
+    # A running job's lease; its worker renews it every third of this. A job whose lease lapsed (its worker
+    # died) is put back in the queue by the reaper, so it runs again within lease + reaper interval.
+    lease_seconds: float = Field(30, ge=1)
+    reaper_interval_seconds: float = Field(10, gt=0)  # how often one of the workers looks for lapsed leases
+    # A queued job whose message is in no queue this long after it was sent (an API that crashed between
+    # recording and enqueueing, a worker killed holding the message) is sent again by the reaper.
+    redispatch_after_seconds: float = Field(30, gt=0)
+    max_active_jobs_per_key: int = Field(100, ge=0)  # unfinished (queued or running) jobs per key; 0 = no limit
+    rate_limit_per_second: float = Field(50, ge=0)  # requests per second per key, sustained; 0 = no limit
+    rate_limit_burst: int = Field(100, ge=1)  # requests a key may send at once above the sustained rate
     progress_interval_seconds: float = Field(0.5, ge=0)  # at most two progress writes a second
     webhook_max_attempts: int = Field(8, ge=1)
     webhook_backoff_seconds: float = Field(5.0, ge=0)  # first retry delay; doubles each attempt
     webhook_backoff_max_seconds: float = Field(900.0, ge=0)  # a delay cap, well under the visibility timeout
     webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_senders: int = Field(4, ge=1)  # delivery threads of each light-queue worker
     light_concurrency: int = Field(4, ge=1)  # threads of a light-queue worker
+    # Test hooks for fault-injection tests, off by default and refused outside local mode: a run pauses
+    # this long between computing its result and writing it; "pause" still answers stop requests (cancel,
+    # shutdown, a lost lease) every 0.1 s, "hang" does not (a job stuck outside sr).
+    test_pause_before_result_seconds: float = Field(0, ge=0)
+    test_hang_before_result_seconds: float = Field(0, ge=0)
     dev: bool = False  # local mode: set by `python -m api --dev` for its worker
 
     @field_validator("api_keys", mode="before")
@@ -92,8 +112,13 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout_seconds(self) -> int:
         # Celery's Redis transport redelivers an unacknowledged message after this: it must exceed the
-        # longest job, or a healthy long job would be handed to a second worker.
-        return self.job_time_limit_seconds + 900
+        # longest job, or a healthy long job would be handed to a second worker. Lost work comes back
+        # through the leases and the reaper long before this (see worker/reaper.py).
+        return int(self.job_time_limit_seconds + self.job_stop_grace_seconds) + 900
+
+    @property
+    def test_hooks_enabled(self) -> bool:
+        return bool(self.test_pause_before_result_seconds or self.test_hang_before_result_seconds)
 
     def is_local(self, *, bind_host: str | None = None) -> bool:
         """Local mode: `--dev`, or an API bound to loopback, or a worker whose Redis is on loopback."""
@@ -111,6 +136,8 @@ class Settings(BaseSettings):
             problems.append("UPSCALER_API_KEYS is empty (open access)")
         if self.webhook_secret is None:
             problems.append("UPSCALER_WEBHOOK_SECRET is unset (webhooks could not be signed)")
+        if self.test_hooks_enabled:
+            problems.append("UPSCALER_TEST_*_BEFORE_RESULT_SECONDS is set (a fault-injection hook for tests)")
         if problems:
             raise UnsafeSettings("refusing to start outside local mode: " + "; ".join(problems)
                                  + ". Set them, or bind to 127.0.0.1, or use --dev.")

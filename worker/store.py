@@ -1,23 +1,31 @@
 """The Redis job store shared by the API (asyncio client) and the workers (blocking client).
 
-Keys, all under `upscaler:` and all expiring:
-  job:{id}             hash: the job record (status, timestamps, params, progress, ...)
-  job:{id}:input       the uploaded image bytes (deleted when the job ends: nothing needs them after)
-  job:{id}:result      the output image bytes (written once, by the transition to `succeeded`)
-  job:{id}:cancel      the cancel flag a running job's `should_stop` polls
-  job:{id}:lease       the run token of the worker running the job, renewed every few seconds
-  job:{id}:deliveries  the last webhook delivery attempts (a capped list)
-  tomb:{id}            the owner of a job id; outlives the job so an expired id answers 410, not 404
-  owner:{owner}:jobs   sorted set of the owner's job ids by creation time, for listing newest first
-  stats                counters shared by every process (jobs by status, histograms, webhook outcomes)
-  workers              sorted set of live workers by last heartbeat
+Keys, all under `upscaler:` (one Redis, not Redis Cluster: the scripts derive keys from a job id):
+  job:{id}               hash: the job record (status, timestamps, params, progress, ...)
+  job:{id}:input         the uploaded image bytes (deleted when the job ends: nothing needs them after)
+  job:{id}:result        the output image bytes (written once, by the transition to `succeeded`)
+  job:{id}:checkpoint    the last training checkpoint of a running job (a re-run resumes from it)
+  job:{id}:cancel        the cancel flag a running job's `should_stop` polls
+  job:{id}:lease         the run token of the worker running the job, renewed every few seconds
+  job:{id}:deliveries    the last webhook delivery attempts (a capped list)
+  job:{id}:event:{type}  one webhook event: its attempts so far and its body (fixed at the first attempt)
+  tomb:{id}              the owner of a job id; outlives the job so an expired id answers 410, not 404
+  owner:{owner}:jobs     sorted set of the owner's job ids by creation time, for listing newest first
+  owner:{owner}:active   set of the owner's unfinished job ids (the per-key limit of queued jobs)
+  rate:{owner}           the owner's request-rate bucket (GCRA: the theoretical arrival time)
+  queued                 sorted set of queued job ids by the time their message was last sent (the reaper)
+  running                sorted set of running job ids (the reaper looks for lapsed leases among them)
+  webhooks               sorted set of webhook events ("{id}|{type}") by the time they are due (the outbox)
+  stats                  counters shared by every process (jobs by status, histograms, webhook outcomes)
+  workers                sorted set of live workers by last heartbeat
 
 Every status change is one Lua script, so the transitions cannot race: only `queued -> running`,
 `running -> succeeded|failed|canceled|queued` and `queued -> canceled` exist; a finished job never
 changes again, and a running job whose cancel flag is set can only end `canceled`. Each run holds a
 token (`run_token`); writes from a run whose token is no longer the job's (a slow worker whose lease
 lapsed and whose job another worker took over) are ignored. The result is written by the same script
-that marks the job succeeded, with SET NX: first write wins.
+that marks the job succeeded, with SET NX: first write wins. The scripts that start or end a job also
+schedule its webhook event in the `webhooks` outbox, so an event is never lost between the two.
 """
 from __future__ import annotations
 
@@ -36,6 +44,9 @@ from redis.retry import Retry
 PREFIX = "upscaler:"
 STATS_KEY = PREFIX + "stats"
 WORKERS_KEY = PREFIX + "workers"
+QUEUED_KEY = PREFIX + "queued"
+RUNNING_KEY = PREFIX + "running"
+OUTBOX_KEY = PREFIX + "webhooks"
 TERMINAL = ("succeeded", "failed", "canceled")
 ACTIVE = ("queued", "running")
 STATUSES = ACTIVE + TERMINAL
@@ -63,153 +74,324 @@ class JobKeys:
     lease: str
     deliveries: str
     tomb: str
+    checkpoint: str
 
     @classmethod
     def of(cls, job_id: str) -> JobKeys:
         base = f"{PREFIX}job:{job_id}"
         return cls(base, base + ":input", base + ":result", base + ":cancel", base + ":lease",
-                   base + ":deliveries", f"{PREFIX}tomb:{job_id}")
+                   base + ":deliveries", f"{PREFIX}tomb:{job_id}", base + ":checkpoint")
 
 
 def owner_index_key(owner: str) -> str:
     return f"{PREFIX}owner:{owner}:jobs"
 
 
-# --- Lua scripts: every status transition is one of these --------------------------------------------
+def owner_active_key(owner: str) -> str:
+    return f"{PREFIX}owner:{owner}:active"
 
-# KEYS: job, input, tomb, owner index, stats. ARGV: id, ttl, tomb_ttl, owner, created_at (µs), fields json, input
-_CREATE = """
-local fields = cjson.decode(ARGV[6])
+
+def event_member(job_id: str, event_type: str) -> str:
+    return f"{job_id}|{event_type}"
+
+
+# --- Lua scripts: every status transition is one of these ---------------------------------------------
+# Every script gets the key prefix as ARGV[1] and (but the outbox claim and the rate limit) the job id as
+# ARGV[2]; the prelude below names the keys and holds the one way a job ends.
+
+_PRELUDE = """
+local P = ARGV[1]
+local function job_key(id) return P .. 'job:' .. id end
+local function stat(field, by) redis.call('HINCRBY', P .. 'stats', field, by) end
+
+-- Schedule a webhook event once (NX: a second end of the same job cannot add a second event).
+local function add_event(id, event, due)
+  if redis.call('HGET', job_key(id), 'webhook_url') then
+    redis.call('ZADD', P .. 'webhooks', 'NX', due, id .. '|' .. event)
+  end
+end
+
+-- The end of a job (from 'queued' or 'running'): status, timestamps, expiry, indexes, counters, webhook.
+local function close_job(id, from, outcome, now, default_ttl, tomb_ttl)
+  local job = job_key(id)
+  local ttl = tonumber(redis.call('HGET', job, 'ttl')) or default_ttl  -- the TTL it was accepted under
+  redis.call('HSET', job, 'status', outcome, 'finished_at', now)
+  redis.call('DEL', job .. ':input', job .. ':cancel', job .. ':lease', job .. ':checkpoint')
+  redis.call('EXPIRE', job, ttl)
+  for _, suffix in ipairs({':result', ':deliveries'}) do
+    if redis.call('EXISTS', job .. suffix) == 1 then redis.call('EXPIRE', job .. suffix, ttl) end
+  end
+  redis.call('EXPIRE', P .. 'tomb:' .. id, ttl + tomb_ttl)
+  redis.call('ZREM', P .. 'running', id)
+  redis.call('ZREM', P .. 'queued', id)
+  local owner = redis.call('HGET', job, 'owner')
+  if owner then redis.call('SREM', P .. 'owner:' .. owner .. ':active', id) end
+  stat('active:' .. from, -1)
+  stat('total:' .. outcome, 1)
+  add_event(id, 'job.' .. outcome, now)
+end
+"""
+
+# ARGV: P, id, ttl, tomb_ttl, owner, created_at (µs), fields json, input, max active per owner (0: none), now
+# -> 1, or 0 when the owner already has the most unfinished jobs allowed
+_CREATE = _PRELUDE + """
+local id, owner = ARGV[2], ARGV[5]
+local active = P .. 'owner:' .. owner .. ':active'
+local max_active = tonumber(ARGV[9])
+if max_active > 0 and redis.call('SCARD', active) >= max_active then
+  -- forget ids whose job ended or expired without passing through close_job, then count again
+  for _, other in ipairs(redis.call('SMEMBERS', active)) do
+    local status = redis.call('HGET', job_key(other), 'status')
+    if status ~= 'queued' and status ~= 'running' then redis.call('SREM', active, other) end
+  end
+  if redis.call('SCARD', active) >= max_active then return 0 end
+end
+local job = job_key(id)
+local fields = cjson.decode(ARGV[7])
 local flat = {}
 for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
-redis.call('HSET', KEYS[1], unpack(flat))
-local ttl = tonumber(ARGV[2])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], ARGV[7], 'EX', ttl)
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ttl + tonumber(ARGV[3]))
-redis.call('ZADD', KEYS[4], tonumber(ARGV[5]), ARGV[1])
-if redis.call('TTL', KEYS[4]) < ttl then redis.call('EXPIRE', KEYS[4], ttl) end
-redis.call('HINCRBY', KEYS[5], 'active:queued', 1)
-redis.call('HINCRBY', KEYS[5], 'total:queued', 1)
+redis.call('HSET', job, unpack(flat))
+local ttl = tonumber(ARGV[3])
+redis.call('EXPIRE', job, ttl)
+redis.call('SET', job .. ':input', ARGV[8], 'EX', ttl)
+redis.call('SET', P .. 'tomb:' .. id, owner, 'EX', ttl + tonumber(ARGV[4]))
+local index = P .. 'owner:' .. owner .. ':jobs'
+redis.call('ZADD', index, tonumber(ARGV[6]), id)
+if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
+redis.call('SADD', active, id)
+if redis.call('TTL', active) < ttl then redis.call('EXPIRE', active, ttl) end
+redis.call('ZADD', P .. 'queued', ARGV[10], id)
+stat('active:queued', 1)
+stat('total:queued', 1)
 return 1
 """
 
-# KEYS: job, lease, cancel, stats. ARGV: token, now, lease_ms, worker name
-# -> {outcome, previous status}; outcome 'started' or the reason not to run ('missing', 'busy', a status).
-_BEGIN_RUN = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing', ''} end
+# ARGV: P, id, token, now, lease_ms, worker name
+# -> {outcome, previous status, 1 if this is the job's first start}; outcome 'started' or the reason not
+# to run ('missing', 'busy': another run holds a live lease, or a status)
+_BEGIN_RUN = _PRELUDE + """
+local id = ARGV[2]
+local job = job_key(id)
+local status = redis.call('HGET', job, 'status')
+if not status then redis.call('ZREM', P .. 'queued', id); return {'missing', '', 0} end
 if status == 'running' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy', status} end
+  if redis.call('EXISTS', job .. ':lease') == 1 then return {'busy', status, 0} end
 elseif status ~= 'queued' then
-  return {status, status}
+  return {status, status, 0}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'run_token', ARGV[1], 'worker', ARGV[4])
-if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[2]) end
-redis.call('HINCRBY', KEYS[1], 'runs', 1)
-redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[3]))
+redis.call('HSET', job, 'status', 'running', 'run_token', ARGV[3], 'worker', ARGV[6])
+local first = 0
+if not redis.call('HGET', job, 'started_at') then
+  redis.call('HSET', job, 'started_at', ARGV[4])
+  first = 1
+  add_event(id, 'job.started', ARGV[4])
+end
+redis.call('HINCRBY', job, 'runs', 1)
+redis.call('SET', job .. ':lease', ARGV[3], 'PX', tonumber(ARGV[5]))
+redis.call('ZREM', P .. 'queued', id)
+redis.call('ZADD', P .. 'running', ARGV[4], id)
 if status == 'queued' then
-  redis.call('HINCRBY', KEYS[4], 'active:queued', -1)
-  redis.call('HINCRBY', KEYS[4], 'active:running', 1)
-  redis.call('HINCRBY', KEYS[4], 'total:running', 1)
+  stat('active:queued', -1)
+  stat('active:running', 1)
+  stat('total:running', 1)
 end
-return {'started', status}
+return {'started', status, first}
 """
 
-# KEYS: job, lease. ARGV: token, lease_ms -> 1 while this run still owns the job, else 0
-_RENEW_LEASE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] then return 0 end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
+# ARGV: P, id, token, lease_ms -> 1 while this run still owns the job, else 0
+_RENEW_LEASE = _PRELUDE + """
+local job = job_key(ARGV[2])
+if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
+if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return 0 end
+local holder = redis.call('GET', job .. ':lease')
+if holder and holder ~= ARGV[3] then return 0 end
+redis.call('SET', job .. ':lease', ARGV[3], 'PX', tonumber(ARGV[4]))
 return 1
 """
 
-# KEYS: job. ARGV: token, field, value -> 1 if written (only by the run that owns the job)
-_SET_RUN_FIELD = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+# ARGV: P, id, token, field, value -> 1 if written (only by the run that owns the job)
+_SET_RUN_FIELD = _PRELUDE + """
+local job = job_key(ARGV[2])
+if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
+if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return 0 end
+redis.call('HSET', job, ARGV[4], ARGV[5])
 return 1
 """
 
-# The end of a run. KEYS: job, result, input, cancel, lease, deliveries, tomb, stats.
-# ARGV: token, outcome, now, ttl, tomb_ttl, fields json (set only if the outcome stands), result bytes
-# -> {final status, 1 if this call made the transition else 0}
-_FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
+# ARGV: P, id, token, checkpoint bytes, default ttl -> 1 if written (only by the run that owns the job)
+_SAVE_CHECKPOINT = _PRELUDE + """
+local job = job_key(ARGV[2])
+if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
+if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return 0 end
+local ttl = tonumber(redis.call('HGET', job, 'ttl')) or tonumber(ARGV[5])
+redis.call('SET', job .. ':checkpoint', ARGV[4], 'EX', ttl)
+redis.call('HINCRBY', job, 'checkpoints', 1)
+return 1
+"""
+
+# The end of a run. ARGV: P, id, token, outcome, now, default ttl, tomb ttl, fields json (set only if the
+# outcome stands), result bytes -> {final status, 1 if this call made the transition else 0}
+_FINISH = _PRELUDE + """
+local id = ARGV[2]
+local job = job_key(id)
+local status = redis.call('HGET', job, 'status')
 if not status then return {'missing', 0} end
-if status ~= 'running' or redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] then return {status, 0} end
-local outcome = ARGV[2]
-if outcome == 'succeeded' and redis.call('EXISTS', KEYS[4]) == 1 then outcome = 'canceled' end
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl')) or tonumber(ARGV[4])  -- the TTL the job was accepted under
-if outcome == ARGV[2] then
-  local fields = cjson.decode(ARGV[6])
-  for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+if status ~= 'running' or redis.call('HGET', job, 'run_token') ~= ARGV[3] then return {status, 0} end
+local outcome = ARGV[4]
+if outcome == 'succeeded' and redis.call('EXISTS', job .. ':cancel') == 1 then outcome = 'canceled' end
+if outcome == ARGV[4] then
+  local fields = cjson.decode(ARGV[8])
+  for k, v in pairs(fields) do redis.call('HSET', job, k, v) end
 end
-if outcome == 'succeeded' then redis.call('SET', KEYS[2], ARGV[7], 'EX', ttl, 'NX') end
-redis.call('HSET', KEYS[1], 'status', outcome, 'finished_at', ARGV[3])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-redis.call('EXPIRE', KEYS[1], ttl)
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
-if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('EXPIRE', KEYS[6], ttl) end
-redis.call('EXPIRE', KEYS[7], ttl + tonumber(ARGV[5]))
-redis.call('HINCRBY', KEYS[8], 'active:running', -1)
-redis.call('HINCRBY', KEYS[8], 'total:' .. outcome, 1)
+if outcome == 'succeeded' then redis.call('SET', job .. ':result', ARGV[9], 'NX') end
+close_job(id, 'running', outcome, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
 return {outcome, 1}
 """
 
-# A run hands its job back to the queue (worker shutting down). KEYS: job, lease, cancel, stats. ARGV: token
+# A run hands its job back to the queue (worker shutting down). ARGV: P, id, token, now
 # -> 'queued' when handed back, 'cancel' when the cancel flag is set (the caller finishes it canceled), else ''
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return '' end
-if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] then return '' end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 'cancel' end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', '')
-redis.call('HDEL', KEYS[1], 'run_token', 'worker')
-redis.call('DEL', KEYS[2])
-redis.call('HINCRBY', KEYS[4], 'active:running', -1)
-redis.call('HINCRBY', KEYS[4], 'active:queued', 1)
+_RELEASE = _PRELUDE + """
+local id = ARGV[2]
+local job = job_key(id)
+if redis.call('HGET', job, 'status') ~= 'running' then return '' end
+if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return '' end
+if redis.call('EXISTS', job .. ':cancel') == 1 then return 'cancel' end
+redis.call('HSET', job, 'status', 'queued', 'progress', '')
+redis.call('HDEL', job, 'run_token', 'worker')
+redis.call('DEL', job .. ':lease')
+redis.call('ZREM', P .. 'running', id)
+redis.call('ZADD', P .. 'queued', ARGV[4], id)
+stat('active:running', -1)
+stat('active:queued', 1)
 return 'queued'
 """
 
-# KEYS: job, input, cancel, lease, deliveries, tomb, stats. ARGV: now, ttl, tomb_ttl
+# The reaper, for a running job whose lease may have lapsed. ARGV: P, id, now, default ttl, tomb ttl,
+# most lapsed runs before the job fails, error json for that case
+# -> {what happened, the job's queue}: 'requeued', 'canceled' (its cancel flag was set), 'failed' (its
+# runs kept dying), 'alive' (the lease holds), 'gone' (not running any more)
+_REQUEUE_LAPSED = _PRELUDE + """
+local id = ARGV[2]
+local job = job_key(id)
+local status = redis.call('HGET', job, 'status')
+if status ~= 'running' then redis.call('ZREM', P .. 'running', id); return {'gone', ''} end
+if redis.call('EXISTS', job .. ':lease') == 1 then return {'alive', ''} end
+local queue = redis.call('HGET', job, 'queue') or ''
+stat('lease_lapsed', 1)
+if redis.call('EXISTS', job .. ':cancel') == 1 then
+  close_job(id, 'running', 'canceled', ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+  return {'canceled', queue}
+end
+local lapsed = redis.call('HINCRBY', job, 'lapsed_runs', 1)
+if lapsed >= tonumber(ARGV[6]) then
+  redis.call('HSET', job, 'error', ARGV[7])
+  close_job(id, 'running', 'failed', ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+  return {'failed', queue}
+end
+redis.call('HSET', job, 'status', 'queued', 'progress', '')
+redis.call('HDEL', job, 'run_token', 'worker')
+redis.call('ZREM', P .. 'running', id)
+redis.call('ZADD', P .. 'queued', ARGV[3], id)
+stat('active:running', -1)
+stat('active:queued', 1)
+return {'requeued', queue}
+"""
+
+# ARGV: P, id, now, default ttl, tomb ttl
 # -> 'canceled_now' (was queued), 'requested' (running: the worker stops between steps), a terminal status, 'missing'
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
+_CANCEL = _PRELUDE + """
+local id = ARGV[2]
+local job = job_key(id)
+local status = redis.call('HGET', job, 'status')
 if not status then return 'missing' end
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl')) or tonumber(ARGV[2])
 if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1], 'cancel_requested', '1')
-  redis.call('DEL', KEYS[2], KEYS[4])
-  redis.call('EXPIRE', KEYS[1], ttl)
-  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('EXPIRE', KEYS[5], ttl) end
-  redis.call('EXPIRE', KEYS[6], ttl + tonumber(ARGV[3]))
-  redis.call('HINCRBY', KEYS[7], 'active:queued', -1)
-  redis.call('HINCRBY', KEYS[7], 'total:canceled', 1)
+  redis.call('HSET', job, 'cancel_requested', '1')
+  close_job(id, 'queued', 'canceled', ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
   return 'canceled_now'
 end
 if status == 'running' then
-  redis.call('SET', KEYS[3], '1', 'EX', ttl)
-  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  local ttl = tonumber(redis.call('HGET', job, 'ttl')) or tonumber(ARGV[4])
+  redis.call('SET', job .. ':cancel', '1', 'EX', ttl)
+  redis.call('HSET', job, 'cancel_requested', '1')
   return 'requested'
 end
 return status
 """
 
-# KEYS: job, deliveries, stats. ARGV: attempt json, outcome, http status or '', delivered_at or '', error or ''
-_RECORD_DELIVERY = """
-redis.call('HINCRBY', KEYS[3], 'webhook:' .. ARGV[2], 1)
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
-redis.call('HSET', KEYS[1], 'webhook_last_status', ARGV[3], 'webhook_last_error', ARGV[5])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'webhook_delivered_at', ARGV[4]) end
-redis.call('LPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+# Claim the webhook events that are due: each is pushed back by the claim time, so no other sender takes
+# it meanwhile, and a sender that dies leaves it due again once the claim runs out.
+# ARGV: P, now, claim until, most events -> flat list of {member, attempts so far, frozen body or '', url or ''}
+_CLAIM_EVENTS = _PRELUDE + """
+local due = redis.call('ZRANGEBYSCORE', P .. 'webhooks', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
+local claimed = {}
+for _, member in ipairs(due) do
+  redis.call('ZADD', P .. 'webhooks', ARGV[3], member)
+  local bar = string.find(member, '|', 1, true)
+  local id, event = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
+  local state = redis.call('HMGET', job_key(id) .. ':event:' .. event, 'attempts', 'body')
+  claimed[#claimed + 1] = member
+  claimed[#claimed + 1] = state[1] or '0'
+  claimed[#claimed + 1] = state[2] or ''
+  claimed[#claimed + 1] = redis.call('HGET', job_key(id), 'webhook_url') or ''
+end
+return claimed
+"""
+
+# One delivery attempt: the event's next due time (or its removal), the job's webhook record, counters.
+# ARGV: P, id, event, attempt json, outcome, http status or '', delivered_at or '', error or '',
+#       deliveries kept, next due time or '' (done), body to keep for the retries or ''
+_RECORD_DELIVERY = _PRELUDE + """
+local id, event = ARGV[2], ARGV[3]
+local job = job_key(id)
+local state = job .. ':event:' .. event
+local member = id .. '|' .. event
+stat('webhook:' .. ARGV[5], 1)
+if redis.call('EXISTS', job) == 0 then
+  redis.call('ZREM', P .. 'webhooks', member)
+  redis.call('DEL', state)
+  return 0
+end
+if ARGV[10] == '' then redis.call('ZREM', P .. 'webhooks', member)
+else redis.call('ZADD', P .. 'webhooks', ARGV[10], member) end
+redis.call('HINCRBY', state, 'attempts', 1)
+if ARGV[11] ~= '' then redis.call('HSETNX', state, 'body', ARGV[11]) end
+redis.call('HINCRBY', job, 'webhook_attempts', 1)
+redis.call('HSET', job, 'webhook_last_status', ARGV[6], 'webhook_last_error', ARGV[8])
+if ARGV[7] ~= '' then redis.call('HSET', job, 'webhook_delivered_at', ARGV[7]) end
+redis.call('LPUSH', job .. ':deliveries', ARGV[4])
+redis.call('LTRIM', job .. ':deliveries', 0, tonumber(ARGV[9]) - 1)
+local ttl = redis.call('PTTL', job)
+if ttl > 0 then
+  redis.call('PEXPIRE', job .. ':deliveries', ttl)
+  redis.call('PEXPIRE', state, ttl)
+end
 return 1
+"""
+
+# ARGV: P, id, event, body -> keep the body an event will be sent with (the first one kept wins)
+_KEEP_EVENT_BODY = _PRELUDE + """
+local state = job_key(ARGV[2]) .. ':event:' .. ARGV[3]
+redis.call('HSETNX', state, 'body', ARGV[4])
+local ttl = redis.call('PTTL', job_key(ARGV[2]))
+if ttl > 0 then redis.call('PEXPIRE', state, ttl) end
+return 1
+"""
+
+# Requests per second per owner, GCRA (a leaky bucket kept as one timestamp, on Redis's clock so every
+# API process agrees). KEYS: the owner's bucket. ARGV: ms between requests at the sustained rate, burst
+# -> {1, 0} allowed, or {0, ms to wait}
+_RATE_LIMIT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait > 0 then return {0, math.ceil(wait)} end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+return {1, 0}
 """
 
 
@@ -324,13 +506,12 @@ def seconds_bucket(seconds: float) -> str:
     return "+Inf"
 
 
-def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int) -> dict[str, list]:
-    """The keys and arguments of the create script (shared by both stores)."""
-    job_id, owner = fields["id"], fields["owner"]
-    keys = JobKeys.of(job_id)
+def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int,
+                 max_active: int) -> list:
+    """The arguments of the create script (shared by both stores)."""
     created_us = int(float(fields["created_at"]) * 1_000_000)  # exact in a double; orders same-ms submissions
-    return {"keys": [keys.job, keys.input, keys.tomb, owner_index_key(owner), STATS_KEY],
-            "args": [job_id, int(fields["ttl"]), tombstone_seconds, owner, created_us, json.dumps(fields), input_bytes]}
+    return [PREFIX, fields["id"], int(fields["ttl"]), tombstone_seconds, fields["owner"], created_us,
+            json.dumps(fields), input_bytes, max_active, fields["created_at"]]
 
 
 def _decode(mapping: dict) -> dict[str, str]:
@@ -342,10 +523,30 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
 def _connection_retry() -> dict[str, Any]:
     # Ride out a Redis restart of a few seconds instead of failing a job over it.
     return {"retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+
+
+@dataclass(frozen=True)
+class BeginResult:
+    outcome: str  # 'started', or why not: 'missing', 'busy', or the job's status
+    previous: str  # the status before: 'queued' (first start, hand-back, requeue) or 'running' (take-over)
+    first_start: bool  # the job never started before (its queue time is observed, job.started is sent)
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    job_id: str
+    event_type: str
+    attempts: int  # attempts made before this one
+    body: str | None  # the body of the first attempt, kept for the retries
+    url: str | None  # None when the job expired meanwhile
 
 
 # --- the blocking store, used by workers --------------------------------------------------------------
@@ -355,18 +556,19 @@ class JobStore:
         self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
                                           **_connection_retry())
         self.tombstone_seconds = tombstone_seconds
-        r = self.redis
-        self._create, self._begin, self._renew = r.register_script(_CREATE), r.register_script(_BEGIN_RUN), \
-            r.register_script(_RENEW_LEASE)
-        self._set_field, self._finish, self._release = r.register_script(_SET_RUN_FIELD), \
-            r.register_script(_FINISH), r.register_script(_RELEASE)
-        self._cancel, self._record = r.register_script(_CANCEL), r.register_script(_RECORD_DELIVERY)
+        script = self.redis.register_script
+        self._create, self._begin, self._renew = script(_CREATE), script(_BEGIN_RUN), script(_RENEW_LEASE)
+        self._set_field, self._save_checkpoint = script(_SET_RUN_FIELD), script(_SAVE_CHECKPOINT)
+        self._finish, self._release, self._requeue = script(_FINISH), script(_RELEASE), script(_REQUEUE_LAPSED)
+        self._cancel, self._record, self._claim = script(_CANCEL), script(_RECORD_DELIVERY), script(_CLAIM_EVENTS)
+        self._keep_body = script(_KEEP_EVENT_BODY)
 
     def close(self) -> None:
         self.redis.close()
 
-    def create(self, fields: dict[str, str], input_bytes: bytes) -> None:
-        self._create(**_create_call(fields, input_bytes, self.tombstone_seconds))
+    def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0) -> bool:
+        """Record a queued job; False (nothing written) when its owner has `max_active` unfinished jobs."""
+        return bool(self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active)))
 
     def fields(self, job_id: str) -> dict[str, str] | None:
         found = _decode(self.redis.hgetall(JobKeys.of(job_id).job))
@@ -379,24 +581,31 @@ class JobStore:
         fields, deliveries = pipe.execute()
         return public_job(_decode(fields), [_text(d) for d in deliveries]) if fields else None
 
-    def begin_run(self, job_id: str, token: str, *, worker: str, lease_seconds: float) -> tuple[str, str]:
-        keys = JobKeys.of(job_id)
-        outcome, previous = self._begin(keys=[keys.job, keys.lease, keys.cancel, STATS_KEY],
-                                        args=[token, f"{time.time():.6f}", int(lease_seconds * 1000), worker])
-        return _text(outcome), _text(previous)
+    # --- one run of a job: begin, keep the lease, report, checkpoint, end or hand back
+
+    def begin_run(self, job_id: str, token: str, *, worker: str, lease_seconds: float) -> BeginResult:
+        outcome, previous, first = self._begin(args=[PREFIX, job_id, token, _now(), int(lease_seconds * 1000),
+                                                     worker])
+        return BeginResult(_text(outcome), _text(previous), bool(first))
 
     def load_input(self, job_id: str) -> bytes | None:
         return self.redis.get(JobKeys.of(job_id).input)
 
     def renew_lease(self, job_id: str, token: str, lease_seconds: float) -> bool:
-        keys = JobKeys.of(job_id)
-        return bool(self._renew(keys=[keys.job, keys.lease], args=[token, int(lease_seconds * 1000)]))
+        return bool(self._renew(args=[PREFIX, job_id, token, int(lease_seconds * 1000)]))
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(JobKeys.of(job_id).cancel))
 
     def set_progress(self, job_id: str, token: str, progress: dict[str, Any]) -> bool:
-        return bool(self._set_field(keys=[JobKeys.of(job_id).job], args=[token, "progress", json.dumps(progress)]))
+        return bool(self._set_field(args=[PREFIX, job_id, token, "progress", json.dumps(progress)]))
+
+    def save_checkpoint(self, job_id: str, token: str, data: bytes) -> bool:
+        """Keep the run's latest training checkpoint (only while this run owns the job)."""
+        return bool(self._save_checkpoint(args=[PREFIX, job_id, token, data, DEFAULT_TTL_SECONDS]))
+
+    def load_checkpoint(self, job_id: str) -> bytes | None:
+        return self.redis.get(JobKeys.of(job_id).checkpoint)
 
     def finish(self, job_id: str, token: str, outcome: str, *, fields: dict[str, str] | None = None,
                result: bytes = b"") -> tuple[str, bool]:
@@ -404,29 +613,89 @@ class JobStore:
 
         Returns the job's final status and whether this call made the change; a stale run changes nothing."""
         assert outcome in TERMINAL
-        keys = JobKeys.of(job_id)
-        final, changed = self._finish(
-            keys=[keys.job, keys.result, keys.input, keys.cancel, keys.lease, keys.deliveries, keys.tomb, STATS_KEY],
-            args=[token, outcome, f"{time.time():.6f}", DEFAULT_TTL_SECONDS, self.tombstone_seconds,
-                  json.dumps(fields or {}), result])
+        final, changed = self._finish(args=[PREFIX, job_id, token, outcome, _now(), DEFAULT_TTL_SECONDS,
+                                            self.tombstone_seconds, json.dumps(fields or {}), result])
         return _text(final), bool(changed)
 
     def release(self, job_id: str, token: str) -> str:
-        keys = JobKeys.of(job_id)
-        return _text(self._release(keys=[keys.job, keys.lease, keys.cancel, STATS_KEY], args=[token])) or ""
+        return _text(self._release(args=[PREFIX, job_id, token, _now()])) or ""
 
     def cancel(self, job_id: str) -> str:
-        keys = JobKeys.of(job_id)
-        return _text(self._cancel(keys=[keys.job, keys.input, keys.cancel, keys.lease, keys.deliveries, keys.tomb,
-                                        STATS_KEY], args=[f"{time.time():.6f}", DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
+        return _text(self._cancel(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
 
-    def record_delivery(self, job_id: str, attempt: dict[str, Any], *, outcome: str) -> None:
-        keys = JobKeys.of(job_id)
+    # --- the reaper: lapsed leases and queued jobs whose message went missing
+
+    def running_ids(self) -> list[str]:
+        return [_text(i) for i in self.redis.zrange(RUNNING_KEY, 0, -1)]
+
+    def requeue_if_lapsed(self, job_id: str, *, max_lapsed_runs: int) -> tuple[str, str]:
+        """Put a running job whose lease lapsed back in the queue (see _REQUEUE_LAPSED); -> (what, queue)."""
+        error = json.dumps({"code": "worker_lost", "message": f"the worker running the job stopped answering "
+                                                              f"{max_lapsed_runs} times; it is not retried again"})
+        outcome, queue = self._requeue(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds,
+                                             max_lapsed_runs, error])
+        return _text(outcome), _text(queue)
+
+    def queued_since(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
+        """(id, queue) of queued jobs whose message was last sent before `before` (epoch seconds)."""
+        ids = [_text(i) for i in self.redis.zrangebyscore(QUEUED_KEY, "-inf", before, start=0, num=limit)]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(JobKeys.of(job_id).job, "status", "queue")
+        found, gone = [], []
+        for job_id, (status, queue) in zip(ids, pipe.execute()):
+            if _text(status) == "queued":
+                found.append((job_id, _text(queue)))
+            elif status is None:
+                gone.append(job_id)  # expired while queued: nothing left to run
+        if gone:
+            self.redis.zrem(QUEUED_KEY, *gone)
+        return found
+
+    def still_queued(self, job_ids: list[str]) -> list[bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(JobKeys.of(job_id).job, "status")
+        return [_text(status) == "queued" for status in pipe.execute()]
+
+    def mark_sent(self, job_id: str) -> None:
+        """A message for this queued job was just sent: the reaper waits a full grace period again."""
+        self.redis.zadd(QUEUED_KEY, {job_id: time.time()}, xx=True)
+
+    def take_turn(self, name: str, seconds: float) -> bool:
+        """True for one caller per `seconds` across every process (a lock that simply expires)."""
+        return bool(self.redis.set(f"{PREFIX}turn:{name}", "1", nx=True, px=max(1, int(seconds * 1000))))
+
+    # --- the webhook outbox
+
+    def claim_events(self, *, limit: int, claim_seconds: float) -> list[ClaimedEvent]:
+        now = time.time()
+        flat = self._claim(args=[PREFIX, f"{now:.6f}", f"{now + claim_seconds:.6f}", limit])
+        claimed = []
+        for i in range(0, len(flat), 4):
+            member, attempts, body, url = (_text(v) for v in flat[i:i + 4])
+            job_id, _, event_type = member.partition("|")
+            claimed.append(ClaimedEvent(job_id, event_type, int(attempts), body or None, url or None))
+        return claimed
+
+    def keep_event_body(self, job_id: str, event_type: str, body: str) -> None:
+        self._keep_body(args=[PREFIX, job_id, event_type, body])
+
+    def record_delivery(self, job_id: str, event_type: str, attempt: dict[str, Any], *, outcome: str,
+                        next_due: float | None = None, body: str = "") -> None:
+        """Record one attempt; `next_due` schedules the next one (None: the event is done)."""
         status = attempt.get("status")
-        delivered_at = f"{time.time():.6f}" if outcome == "delivered" else ""
-        self._record(keys=[keys.job, keys.deliveries, STATS_KEY],
-                     args=[json.dumps(attempt), outcome, "" if status is None else str(status), delivered_at,
-                           attempt.get("error") or "", MAX_DELIVERIES_KEPT])
+        delivered_at = _now() if outcome == "delivered" else ""
+        self._record(args=[PREFIX, job_id, event_type, json.dumps(attempt), outcome,
+                           "" if status is None else str(status), delivered_at, attempt.get("error") or "",
+                           MAX_DELIVERIES_KEPT, "" if next_due is None else f"{next_due:.6f}", body])
+
+    def pending_events(self) -> int:
+        return self.redis.zcard(OUTBOX_KEY)
+
+    # --- counters and workers
 
     def observe_seconds(self, metric: str, label: str, seconds: float) -> None:
         """Add one sample to a histogram kept in the stats hash (shared by every worker)."""
@@ -434,6 +703,9 @@ class JobStore:
         pipe.hincrby(STATS_KEY, f"hist:{metric}:{label}:{seconds_bucket(seconds)}", 1)
         pipe.hincrbyfloat(STATS_KEY, f"hist:{metric}:{label}:sum", seconds)
         pipe.execute()
+
+    def count(self, field: str, by: int = 1) -> None:
+        self.redis.hincrby(STATS_KEY, field, by)
 
     def heartbeat(self, worker: str, queues: list[str]) -> None:
         self.redis.zadd(WORKERS_KEY, {f"{worker}|{','.join(queues)}": time.time()})
@@ -463,6 +735,7 @@ class AsyncJobStore:
         self.tombstone_seconds = tombstone_seconds
         self._create = self.redis.register_script(_CREATE)
         self._cancel = self.redis.register_script(_CANCEL)
+        self._rate = self.redis.register_script(_RATE_LIMIT)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -470,16 +743,14 @@ class AsyncJobStore:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
-    async def create(self, fields: dict[str, str], input_bytes: bytes) -> None:
-        await self._create(**_create_call(fields, input_bytes, self.tombstone_seconds))
+    async def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0) -> bool:
+        """Record a queued job; False (nothing written) when its owner has `max_active` unfinished jobs."""
+        return bool(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active)))
 
-    async def delete(self, job_id: str, owner: str) -> None:
-        """Undo a create whose enqueue failed (the client got an error, so the job was never accepted)."""
-        keys = JobKeys.of(job_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(keys.job, keys.input, keys.tomb).zrem(owner_index_key(owner), job_id)
-        pipe.hincrby(STATS_KEY, "active:queued", -1).hincrby(STATS_KEY, "total:queued", -1)
-        await pipe.execute()
+    async def take_request(self, owner: str, *, per_second: float, burst: int) -> float:
+        """Count one request of `owner`: 0.0 if allowed, else the seconds to wait before the next one."""
+        allowed, wait_ms = await self._rate(keys=[f"{PREFIX}rate:{owner}"], args=[1000.0 / per_second, burst])
+        return 0.0 if allowed else int(wait_ms) / 1000
 
     async def lookup(self, job_id: str) -> Lookup:
         keys = JobKeys.of(job_id)
@@ -492,10 +763,7 @@ class AsyncJobStore:
         return await self.redis.get(JobKeys.of(job_id).result)
 
     async def cancel(self, job_id: str) -> str:
-        keys = JobKeys.of(job_id)
-        return _text(await self._cancel(keys=[keys.job, keys.input, keys.cancel, keys.lease, keys.deliveries,
-                                              keys.tomb, STATS_KEY],
-                                        args=[f"{time.time():.6f}", DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
+        return _text(await self._cancel(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
 
     async def list_for(self, owner: str, *, status: str | None, limit: int) -> list[dict[str, Any]]:
         """The owner's jobs, newest first; ids whose job expired are dropped from the index on the way."""
@@ -536,6 +804,9 @@ class AsyncJobStore:
         per = len(priority_steps)
         return {queue: sum(lengths[i * per:(i + 1) * per]) for i, queue in enumerate(queues)}
 
+    async def pending_events(self) -> int:
+        return await self.redis.zcard(OUTBOX_KEY)
+
     async def live_workers(self, within_seconds: float) -> list[tuple[str, list[str]]]:
         return _parse_workers(await self.redis.zrangebyscore(WORKERS_KEY, time.time() - within_seconds, "+inf"))
 
@@ -558,5 +829,5 @@ def histogram_from_stats(stats: dict[str, str], metric: str) -> dict[str, tuple[
     return result
 
 
-__all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "public_job", "new_job_fields", "new_job_id",
-           "is_job_id", "TERMINAL", "ACTIVE", "STATUSES", "histogram_from_stats"]
+__all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "BeginResult", "ClaimedEvent", "public_job",
+           "new_job_fields", "new_job_id", "is_job_id", "TERMINAL", "ACTIVE", "STATUSES", "histogram_from_stats"]

@@ -1,10 +1,13 @@
-"""The Celery tasks: run one job (load, call sr, save, report) and deliver one webhook event.
+"""The Celery task: run one job (load, call sr, save, report). Webhooks go through the outbox.
 
-Messages carry job ids, never images. Both tasks are safe to run twice: `begin_run` lets only one run
-own a job, `finish` writes the result once, and a webhook event keeps its id across retries and re-runs.
+Messages carry job ids, never images. The task is safe to run twice: `begin_run` lets only one run own
+a job, `finish` writes the result once and schedules the job's one terminal webhook event in the same
+step. Around the tasks, every worker keeps a heartbeat and a reaper thread (worker/reaper.py), and
+light-queue workers a webhook sender (worker/outbox.py).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import secrets
@@ -14,8 +17,10 @@ from celery import signals
 
 import sr
 from worker import webhooks
-from worker.celery_app import DELIVER_WEBHOOK, RUN_JOB, app
+from worker.celery_app import RUN_JOB, app
 from worker.images import OUTPUT_FORMATS, decode_for_sr, encode
+from worker.outbox import WebhookSender
+from worker.reaper import Reaper
 from worker.runs import Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics, zssr_config
 from worker.settings import Settings
 from worker.store import JobStore
@@ -23,25 +28,27 @@ from worker.store import JobStore
 log = logging.getLogger(__name__)
 settings = Settings()
 store = JobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
+# The ZSSR core saves its training state through `checkpoint=` and resumes from `resume=` (when it has them).
+SR_CHECKPOINTS = {"checkpoint", "resume"} <= set(inspect.signature(sr.upscale).parameters)
 
 
 @app.task(name=RUN_JOB, bind=True)
 def run_job(self, job_id: str) -> None:
     token = secrets.token_hex(8)
-    outcome, previous = store.begin_run(job_id, token, worker=self.request.hostname or "worker",
-                                        lease_seconds=settings.lease_seconds)
-    if outcome != "started":
-        log.info("job %s not run: %s", job_id, outcome)  # canceled while queued, finished, or run elsewhere
+    begun = store.begin_run(job_id, token, worker=self.request.hostname or "worker",
+                            lease_seconds=settings.lease_seconds)
+    if begun.outcome != "started":
+        log.info("job %s not run: %s", job_id, begun.outcome)  # canceled while queued, finished, or run elsewhere
         return
     job = store.fields(job_id)
     params = json.loads(job["params"])
-    if previous == "queued":  # a first start, not a take-over
+    if begun.first_start:
         store.observe_seconds("queue", params["method"], max(0.0, time.time() - float(job["created_at"])))
-        if job.get("webhook_url"):
-            notify(job_id, "job.started")
+        if job.get("webhook_url"):  # the job.started event was scheduled by begin_run; its body is the job now
+            store.keep_event_body(job_id, "job.started", webhooks.event_body("job.started", store.public(job_id)))
     control = RunControl(store, job_id, token, settings)
     started = time.monotonic()
-    with keep_lease(store, job_id, token, settings.lease_seconds, control):
+    with keep_lease(store, job_id, token, settings, control):
         try:
             image = decode_for_sr(store.load_input(job_id) or b"", settings.max_input_pixels)
             control.report("training" if params["method"] == "zssr" else "inference")
@@ -49,8 +56,11 @@ def run_job(self, job_id: str) -> None:
                 image, params["scale"], method=params["method"], preset=params["preset"], kernel=params["kernel"],
                 config=zssr_config(settings, params["preset"]) if params["method"] == "zssr" else None,
                 device=settings.device, seed=params.get("seed"),
-                progress=control.progress, should_stop=control.should_stop)
+                progress=control.progress, should_stop=control.should_stop,
+                **_checkpoint_hooks(job_id, params, control))
             data = encode(output, params["output_format"])
+            control.pause_before_result(settings.test_pause_before_result_seconds,
+                                        settings.test_hang_before_result_seconds)
         except sr.Cancelled:
             _stop(job_id, token, control, job, started)
             return
@@ -66,25 +76,36 @@ def run_job(self, job_id: str) -> None:
     _end(job_id, token, "succeeded", fields, params["method"], started, result=data)
 
 
+def _checkpoint_hooks(job_id: str, params: dict, control: RunControl) -> dict:
+    """sr's checkpoint/resume arguments: save into the store, resume from what an earlier run saved."""
+    if params["method"] != "zssr" or not SR_CHECKPOINTS:
+        return {}
+    resume = store.load_checkpoint(job_id)
+    if resume is not None:
+        log.info("job %s: resuming from a checkpoint of %d bytes", job_id, len(resume))
+    return {"checkpoint": control.save_checkpoint, "resume": resume}
+
+
 def _stop(job_id: str, token: str, control: RunControl, job: dict[str, str], started: float) -> None:
     """sr stopped between steps; why decides where the job goes."""
     reason, method = control.stop_reason, json.loads(job["params"])["method"]
-    if reason == "shutdown":
+    if reason in ("shutdown", "lease_lost"):
+        # Hand the job back (a lease lost only here, not yet in Redis, is still ours to hand back);
+        # if another run owns it already, this changes nothing.
         handed_back = store.release(job_id, token)
         if handed_back == "queued":
-            app.send_task(RUN_JOB, args=[job_id], queue=job["queue"])
-            log.info("job %s handed back to the queue (worker shutting down)", job_id)
+            _dispatch(job_id, job["queue"])
+            log.info("job %s handed back to the queue (%s)", job_id, reason)
             return
         if handed_back != "cancel":
+            log.info("job %s: stopped (%s); another run owns it", job_id, reason)
             return
         reason = "canceled"
     if reason == "timeout":
-        error = {"code": "timeout", "message": f"the job ran longer than {settings.job_time_limit_seconds} s"}
+        error = {"code": "timeout", "message": f"the job ran longer than {settings.job_time_limit_seconds:g} s"}
         _end(job_id, token, "failed", {"error": _json(error)}, method, started)
     elif reason == "canceled":
         _end(job_id, token, "canceled", {}, method, started)
-    else:
-        log.info("job %s: stopped (%s); another run owns it", job_id, reason)
 
 
 def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: str, started: float,
@@ -94,59 +115,35 @@ def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: 
         log.info("job %s: this run no longer owns it (now %s); nothing written", job_id, final)
         return
     store.observe_seconds("run", method, time.monotonic() - started)
-    notify(job_id, webhooks.TERMINAL_EVENT[final])
 
 
-def notify(job_id: str, event_type: str) -> None:
-    """Queue a webhook event for the job, if it has a webhook; the body is the job as it is now."""
-    job = store.public(job_id)
-    if job is None or not job["webhook"]["url"]:
-        return
-    body = webhooks.event_body(event_type, job)
-    app.send_task(DELIVER_WEBHOOK, args=[job_id, job["webhook"]["url"], event_type, body], queue="light")
-
-
-@app.task(name=DELIVER_WEBHOOK, bind=True, max_retries=None)
-def deliver_webhook(self, job_id: str, url: str, event_type: str, body: str) -> None:
-    attempt_number = self.request.retries + 1
-    message_id = webhooks.webhook_id(job_id, event_type)
-    if settings.webhook_key is None:
-        attempt = webhooks.Attempt(None, "no UPSCALER_WEBHOOK_SECRET on this worker: cannot sign", False, False)
-    else:
-        attempt = webhooks.deliver(url, message_id=message_id, body=body, key=settings.webhook_key,
-                                   allow_private=settings.webhook_allow_private,
-                                   timeout=settings.webhook_timeout_seconds)
-    will_retry = attempt.retryable and not attempt.delivered and attempt_number < settings.webhook_max_attempts
-    if attempt.delivered:
-        outcome = "delivered"
-    elif will_retry:
-        outcome = "retrying"
-    else:
-        outcome = "refused" if not attempt.retryable else "gave_up"
-    store.record_delivery(job_id, {"event": event_type, "webhook_id": message_id, "attempt": attempt_number,
-                                   "status": attempt.status, "error": attempt.error, "outcome": outcome,
-                                   "at": round(time.time(), 3)}, outcome=outcome)
-    if will_retry:
-        delay = webhooks.backoff_seconds(attempt_number, settings.webhook_backoff_seconds,
-                                         settings.webhook_backoff_max_seconds)
-        raise self.retry(countdown=delay)
+def _dispatch(job_id: str, queue: str) -> None:
+    """Send a run_job message; if this fails, the reaper sends one later (the job is queued in the store)."""
+    try:
+        app.send_task(RUN_JOB, args=[job_id], queue=queue)
+    except Exception:
+        log.warning("job %s: could not send its message; the reaper will", job_id, exc_info=True)
 
 
 def _json(value) -> str:
     return json.dumps(value)
 
 
-# --- worker lifecycle: a heartbeat while the worker is up, a flag when it shuts down -------------------
+# --- worker lifecycle: a heartbeat, the reaper and (light queue) the webhook sender while the worker
+# is up; a flag when it shuts down, so running jobs are handed back between two steps.
 
-_heartbeat: Heartbeat | None = None
+_background: list = []
 
 
 @signals.worker_ready.connect
-def _start_heartbeat(sender=None, **_) -> None:
-    global _heartbeat
+def _start_background(sender=None, **_) -> None:
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
-    _heartbeat = Heartbeat(store, sender.hostname, queues)
-    _heartbeat.start()
+    _background.append(Heartbeat(store, sender.hostname, queues))
+    _background.append(Reaper(store, settings, _dispatch))
+    if "light" in queues:
+        _background.append(WebhookSender(store, settings))
+    for thread in _background:
+        thread.start()
 
 
 @signals.worker_shutting_down.connect
@@ -155,6 +152,6 @@ def _flag_shutdown(**_) -> None:
 
 
 @signals.worker_shutdown.connect
-def _stop_heartbeat(**_) -> None:
-    if _heartbeat is not None:
-        _heartbeat.stop()
+def _stop_background(**_) -> None:
+    for thread in reversed(_background):
+        thread.stop()

@@ -44,4 +44,5 @@ async def read_metrics(store: StoreDep) -> Response:
     stats = await store.stats()
     depths = await store.queue_depths(QUEUES, PRIORITY_STEPS, PRIORITY_SEPARATOR)
     workers = await store.live_workers(WORKER_ALIVE_SECONDS)
-    return Response(metrics.render(stats, depths, workers), media_type=CONTENT_TYPE_LATEST)
+    pending = await store.pending_events()
+    return Response(metrics.render(stats, depths, workers, pending), media_type=CONTENT_TYPE_LATEST)

@@ -4,18 +4,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep
+from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep, enforce_rate_limit
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.images import OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
@@ -23,10 +24,13 @@ from worker.settings import METHOD_QUEUE, Settings
 from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
 from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+# Every route here needs a valid key and counts against its request rate (api/deps.py).
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(enforce_rate_limit)])
 POLL_RETRY_AFTER_SECONDS = "1"
+ACTIVE_JOBS_RETRY_AFTER_SECONDS = 5
 INLINE_DECODE_BYTES = 32 * 1024
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 404)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 429)}
 
 
 def _submission_openapi() -> dict[str, Any]:
@@ -128,12 +132,14 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
         output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
                      "bytes": 0},
         queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
-    await store.create(fields, image)
+    if not await store.create(fields, image, max_active=settings.max_active_jobs_per_key):
+        raise ApiError(429, "too_many_jobs", f"this key has {settings.max_active_jobs_per_key} unfinished jobs, "
+                                             "the most allowed; wait for some to finish",
+                       {"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_SECONDS)})
     try:
         await request.app.state.enqueuer.run_job(job_id, queue)
-    except ApiError:
-        await store.delete(job_id, owner)  # not accepted: leave nothing behind that no worker will run
-        raise
+    except Exception:  # recorded is accepted: the reaper sends the message the broker did not take
+        log.warning("job %s: recorded but not enqueued; the reaper will send it", job_id, exc_info=True)
     return job_response(public_job(fields), 202, {"Location": f"/v1/jobs/{job_id}"})
 
 
@@ -178,7 +184,7 @@ async def read_job_result(job: JobDep, store: StoreDep,
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
              responses={**_ERRORS, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
-async def cancel_job(job: JobDep, request: Request, store: StoreDep) -> JSONResponse:
+async def cancel_job(job: JobDep, store: StoreDep) -> JSONResponse:
     """Cancel: a queued job never starts; a running job stops between training steps. 409 once finished."""
     outcome = await store.cancel(job.id)
     if outcome not in ("canceled_now", "requested"):
@@ -187,7 +193,4 @@ async def cancel_job(job: JobDep, request: Request, store: StoreDep) -> JSONResp
     found = await store.lookup(job.id)
     if found.fields is None:
         raise ApiError(410, "job_expired", "the job expired")
-    current = public_job(found.fields, found.deliveries)
-    if outcome == "canceled_now":
-        await request.app.state.enqueuer.webhook(current, "job.canceled")
-    return job_response(current, 202)
+    return job_response(public_job(found.fields, found.deliveries), 202)  # the store scheduled job.canceled

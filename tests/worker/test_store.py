@@ -5,7 +5,7 @@ import asyncio
 import json
 import time
 
-from worker.store import AsyncJobStore, JobKeys, new_job_fields, new_job_id, public_job
+from worker.store import AsyncJobStore, BeginResult, JobKeys, new_job_fields, new_job_id, public_job
 
 OWNER = "store-tests"
 
@@ -28,21 +28,21 @@ def status_of(store, job_id: str) -> str | None:
 
 def test_a_job_runs_once_and_its_result_is_written_once(store):
     job_id = make_job(store)
-    assert store.begin_run(job_id, "t1", worker="w1", lease_seconds=30) == ("started", "queued")
-    assert store.begin_run(job_id, "t2", worker="w2", lease_seconds=30)[0] == "busy"  # a duplicate delivery
+    assert store.begin_run(job_id, "t1", worker="w1", lease_seconds=30) == BeginResult("started", "queued", True)
+    assert store.begin_run(job_id, "t2", worker="w2", lease_seconds=30).outcome == "busy"  # a duplicate delivery
     assert store.finish(job_id, "t1", "succeeded", result=b"first") == ("succeeded", True)
     assert store.finish(job_id, "t1", "succeeded", result=b"second") == ("succeeded", False)
     assert store.redis.get(JobKeys.of(job_id).result) == b"first"
     assert store.load_input(job_id) is None  # the input goes once the job is done
-    assert store.begin_run(job_id, "t3", worker="w3", lease_seconds=30)[0] == "succeeded"  # never back to running
+    assert store.begin_run(job_id, "t3", worker="w3", lease_seconds=30).outcome == "succeeded"  # never back to running
     assert status_of(store, job_id) == "succeeded"
 
 
 def test_a_lapsed_lease_lets_another_run_take_over_and_fences_the_old_one(store):
     job_id = make_job(store)
-    assert store.begin_run(job_id, "old", worker="w1", lease_seconds=0.2)[0] == "started"
+    assert store.begin_run(job_id, "old", worker="w1", lease_seconds=0.2).outcome == "started"
     time.sleep(0.35)  # the first worker "died": its lease lapsed
-    assert store.begin_run(job_id, "new", worker="w2", lease_seconds=30) == ("started", "running")
+    assert store.begin_run(job_id, "new", worker="w2", lease_seconds=30) == BeginResult("started", "running", False)
     assert not store.renew_lease(job_id, "old", 30)
     assert not store.set_progress(job_id, "old", {"phase": "training", "step": 9, "total_steps": 10})
     assert store.finish(job_id, "old", "succeeded", result=b"stale") == ("running", False)
@@ -54,7 +54,7 @@ def test_a_lapsed_lease_lets_another_run_take_over_and_fences_the_old_one(store)
 def test_a_queued_job_that_is_canceled_never_starts(store):
     job_id = make_job(store)
     assert store.cancel(job_id) == "canceled_now"
-    assert store.begin_run(job_id, "t", worker="w", lease_seconds=30)[0] == "canceled"
+    assert store.begin_run(job_id, "t", worker="w", lease_seconds=30).outcome == "canceled"
     assert status_of(store, job_id) == "canceled"
     assert store.cancel(job_id) == "canceled"  # the API answers 409: already finished
 
@@ -74,7 +74,7 @@ def test_a_handed_back_job_is_queued_again_unless_canceled(store):
     store.begin_run(job_id, "t", worker="w", lease_seconds=30)
     assert store.release(job_id, "t") == "queued"
     assert status_of(store, job_id) == "queued"
-    assert store.begin_run(job_id, "t2", worker="w", lease_seconds=30) == ("started", "queued")
+    assert store.begin_run(job_id, "t2", worker="w", lease_seconds=30) == BeginResult("started", "queued", False)
     store.cancel(job_id)
     assert store.release(job_id, "t2") == "cancel"
 
@@ -116,11 +116,13 @@ def test_finishing_keeps_everything_for_a_full_ttl(store):
 def test_deliveries_are_recorded_and_capped(store):
     job_id = make_job(store, webhook_url="http://example.invalid/hook")
     for attempt in range(1, 25):
-        store.record_delivery(job_id, {"event": "job.started", "webhook_id": "msg_x", "attempt": attempt,
-                                       "status": 500, "error": "receiver answered 500", "outcome": "retrying",
-                                       "at": time.time()}, outcome="retrying")
-    store.record_delivery(job_id, {"event": "job.started", "webhook_id": "msg_x", "attempt": 25, "status": 204,
-                                   "error": None, "outcome": "delivered", "at": time.time()}, outcome="delivered")
+        store.record_delivery(job_id, "job.started", {"event": "job.started", "webhook_id": "msg_x",
+                                                      "attempt": attempt, "status": 500,
+                                                      "error": "receiver answered 500", "outcome": "retrying",
+                                                      "at": time.time()}, outcome="retrying", next_due=time.time() + 3600)
+    store.record_delivery(job_id, "job.started", {"event": "job.started", "webhook_id": "msg_x", "attempt": 25,
+                                                  "status": 204, "error": None, "outcome": "delivered",
+                                                  "at": time.time()}, outcome="delivered")
     webhook = store.public(job_id)["webhook"]
     assert webhook["attempts"] == 25 and webhook["last_status"] == 204 and webhook["delivered_at"]
     assert len(webhook["deliveries"]) == 20 and webhook["deliveries"][0]["attempt"] == 25

@@ -1,0 +1,133 @@
+"""The reaper: puts back in the queue the jobs whose worker died, and re-sends lost messages.
+
+Celery's Redis transport gives an unacknowledged message back only after its visibility timeout,
+which must outlast the longest job (an hour or more). The reaper does not wait for it:
+
+- A running job holds a lease its worker renews every third of `UPSCALER_LEASE_SECONDS`. When the
+  lease lapsed (the worker was killed, lost its host, or froze), the job goes back to `queued` and a
+  new message is sent: it runs again within lease + `UPSCALER_REAPER_INTERVAL_SECONDS` of the death,
+  resuming from its last training checkpoint. A job whose runs lapse `MAX_LAPSED_RUNS` times (one
+  that kills its worker) fails with `worker_lost` instead of being retried forever.
+- A queued job whose message is in no queue `UPSCALER_REDISPATCH_AFTER_SECONDS` after it was sent
+  (the API crashed between recording and enqueueing it; a worker was killed holding the message
+  before it began the run; the broker lost it) is sent again.
+
+A duplicate message is harmless: `begin_run` lets one run own a job, and a finished job never runs
+again. Every worker runs a reaper thread; one pass per interval happens, on whichever worker takes
+the turn first, so the reaper lives as long as any worker does.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from worker.celery_app import PRIORITY_SEPARATOR, PRIORITY_STEPS, RUN_JOB
+from worker.settings import Settings
+from worker.store import JobStore
+
+log = logging.getLogger(__name__)
+MAX_LAPSED_RUNS = 3
+SCAN_PAGE = 500
+
+Dispatch = Callable[[str, str], None]  # (job id, queue): send a run_job message
+
+
+@dataclass
+class Pass:
+    """What one reaper pass did (logged, counted, and read by the tests)."""
+    requeued: list[str] = field(default_factory=list)  # running jobs whose lease lapsed, queued again
+    ended: list[str] = field(default_factory=list)  # lapsed jobs that were canceled or ran out of runs
+    redispatched: list[str] = field(default_factory=list)  # queued jobs whose message was missing
+
+
+def reap_once(store: JobStore, settings: Settings, dispatch: Dispatch) -> Pass:
+    done = Pass()
+    for job_id in store.running_ids():
+        outcome, queue = store.requeue_if_lapsed(job_id, max_lapsed_runs=MAX_LAPSED_RUNS)
+        if outcome == "requeued":
+            dispatch(job_id, queue)
+            done.requeued.append(job_id)
+        elif outcome in ("canceled", "failed"):
+            done.ended.append(job_id)
+    stale = store.queued_since(time.time() - settings.redispatch_after_seconds)
+    if stale:
+        waiting = {queue: waiting_job_ids(store, queue) for queue in {queue for _, queue in stale}}
+        missing = [(job_id, queue) for job_id, queue in stale if job_id not in waiting[queue]]
+        # A worker may have taken a message and begun its job since the list was read: look again.
+        for (job_id, queue), queued in zip(missing, store.still_queued([job_id for job_id, _ in missing])):
+            if queued:
+                dispatch(job_id, queue)
+                store.mark_sent(job_id)
+                done.redispatched.append(job_id)
+    if done.requeued or done.ended or done.redispatched:
+        log.warning("reaper: requeued %d job(s) whose lease lapsed %s, ended %d %s, re-sent %d lost message(s) %s",
+                    len(done.requeued), done.requeued, len(done.ended), done.ended, len(done.redispatched),
+                    done.redispatched)
+        store.count("reaper:requeued", len(done.requeued))
+        store.count("reaper:redispatched", len(done.redispatched))
+    return done
+
+
+def waiting_job_ids(store: JobStore, queue: str) -> set[str]:
+    """The job ids of the run_job messages waiting in a Celery queue (kombu: one Redis list per priority step)."""
+    found: set[str] = set()
+    for step in PRIORITY_STEPS:
+        name = f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue
+        start = 0
+        while True:
+            page = store.redis.lrange(name, start, start + SCAN_PAGE - 1)
+            for raw in page:
+                job_id = _job_id_of_message(raw)
+                if job_id:
+                    found.add(job_id)
+            if len(page) < SCAN_PAGE:
+                break
+            start += SCAN_PAGE
+    return found
+
+
+def _job_id_of_message(raw: bytes) -> str | None:
+    """The job id in a kombu message envelope of our run_job task (protocol 2: body = [args, kwargs, embed])."""
+    try:
+        message = json.loads(raw)
+        if message.get("headers", {}).get("task") != RUN_JOB:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+class Reaper:
+    """A daemon thread that offers to run a reaper pass every interval."""
+
+    def __init__(self, store: JobStore, settings: Settings, dispatch: Dispatch):
+        self.store, self.settings, self.dispatch = store, settings, dispatch
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = self.settings.reaper_interval_seconds
+        while not self._done.is_set():
+            try:
+                # Slightly shorter than the interval, so the next turn is free when any worker next asks.
+                if self.store.take_turn("reaper", interval * 0.9):
+                    reap_once(self.store, self.settings, self.dispatch)
+            except Exception:  # Redis away, a broker hiccup: the next pass tries again
+                log.warning("reaper pass failed; trying again in %.1f s", interval, exc_info=True)
+            self._done.wait(interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
