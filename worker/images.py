@@ -77,7 +77,12 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
 def decode_for_sr(data: bytes, max_pixels: int) -> Image.Image:
     """Decode an accepted upload into an image the sr core takes: first frame, EXIF-oriented, a supported mode."""
     image = _open(data, max_pixels)
-    image.load()
+    try:
+        image.load()
+    except MemoryError:
+        raise
+    except Exception:  # the stored input no longer decodes (it was checked at submission): say so, no traceback
+        raise ImageRejected("corrupt_image", f"the {image.format} image is truncated or corrupt") from None
     image = ImageOps.exif_transpose(image)
     return normalize_mode(image)
 

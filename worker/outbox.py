@@ -22,7 +22,7 @@ from worker.store import ClaimedEvent, JobStore
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 0.2  # how often an idle sender looks for due events
-CLAIM_MARGIN_SECONDS = 30  # a claim outlasts one attempt (the delivery timeout) by this much
+CLAIM_MARGIN_SECONDS = 5  # a claim outlasts one attempt (the delivery timeout) by this much
 
 
 def deliver_event(store: JobStore, settings: Settings, event: ClaimedEvent) -> str:

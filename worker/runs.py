@@ -99,10 +99,18 @@ class RunControl:
         if pause_seconds:
             log.warning("job %s: test hook: pausing %.1f s before the result write", self.job_id, pause_seconds)
             until = time.monotonic() + pause_seconds
-            while time.monotonic() < until:
-                if self.should_stop():
-                    raise sr.Cancelled()
+            while not self.should_stop():
+                if time.monotonic() >= until:
+                    return
                 time.sleep(0.1)
+            raise sr.Cancelled()
+
+    def lease_may_have_lapsed(self) -> bool:
+        """Checked once more before the result is written: a run that was frozen past its lease writes nothing."""
+        if self.lease_lost.is_set() or time.monotonic() > self.lease_held_until:
+            self.stop_reason = "lease_lost"
+            return True
+        return False
 
 
 def _lease_margin(lease_seconds: float) -> float:

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     # shutdown, a lost lease) every 0.1 s, "hang" does not (a job stuck outside sr).
     test_pause_before_result_seconds: float = Field(0, ge=0)
     test_hang_before_result_seconds: float = Field(0, ge=0)
+    test_hook_seed: int | None = None  # the hooks apply only to jobs submitted with this seed (unset: every job)
     dev: bool = False  # local mode: set by `python -m api --dev` for its worker
 
     @field_validator("api_keys", mode="before")

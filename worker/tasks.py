@@ -59,8 +59,11 @@ def run_job(self, job_id: str) -> None:
                 progress=control.progress, should_stop=control.should_stop,
                 **_checkpoint_hooks(job_id, params, control))
             data = encode(output, params["output_format"])
-            control.pause_before_result(settings.test_pause_before_result_seconds,
-                                        settings.test_hang_before_result_seconds)
+            if settings.test_hooks_enabled and settings.test_hook_seed in (None, params.get("seed")):
+                control.pause_before_result(settings.test_pause_before_result_seconds,
+                                            settings.test_hang_before_result_seconds)
+            if control.lease_may_have_lapsed():  # frozen past its lease: another run may own the job now
+                raise sr.Cancelled()
         except sr.Cancelled:
             _stop(job_id, token, control, job, started)
             return
