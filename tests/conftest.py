@@ -43,6 +43,9 @@ def service_env(redis_server) -> dict[str, str]:
         "UPSCALER_DEVICE": "cpu",
         "UPSCALER_LEASE_SECONDS": "6",
         "UPSCALER_PROGRESS_INTERVAL_SECONDS": "0.2",
+        # Every test shares the one open-access key: no request-rate limit here (tests/hostile/test_access.py
+        # turns it on where it is the subject).
+        "UPSCALER_RATE_LIMIT_PER_SECOND": "0",
     }
 
 

@@ -67,7 +67,7 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
         elif content_type.startswith("application/json"):
             try:
                 document = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
                 raise ApiError(422, "invalid_json", "the body is not valid JSON") from None
             if not isinstance(document, dict):
                 raise ApiError(422, "invalid_json", "the body must be a JSON object")
