@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import WEBHOOK_SECRET, png_bytes, submit, wait_for
+from tests.e2e.helpers import WEBHOOK_SECRET, png_bytes, submit
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver
 from worker.outbox import deliver_event

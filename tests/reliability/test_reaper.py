@@ -53,7 +53,7 @@ def test_a_queued_job_whose_message_waits_in_the_queue_is_left_alone(fresh):
     time.sleep(cluster.settings.redispatch_after_seconds + 0.2)
     done = reap_once(cluster.store, cluster.settings, lambda job_id, queue: sent.append(job_id))
     assert sent == [] and done.redispatched == []
-    assert cluster.store.redis.llen("gpu") == 1
+    assert waiting_job_ids(cluster.store, "gpu") == {job["id"]}
 
 
 def test_a_lapsed_job_whose_runs_keep_dying_fails_with_worker_lost(fresh):
