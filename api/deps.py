@@ -5,6 +5,7 @@ All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from pydantic import SecretStr
 
 from api.errors import ApiError
 from worker.settings import Settings
@@ -44,7 +46,12 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def get_current_key(request: Request, settings: SettingsDep) -> str:
+@functools.lru_cache(maxsize=4)
+def _key_digests(keys: tuple[SecretStr, ...]) -> tuple[bytes, ...]:
+    return tuple(hashlib.sha256(key.get_secret_value().encode()).digest() for key in keys)
+
+
+def authenticate(request: Request, settings: Settings) -> str:
     """The caller's owner id. Without UPSCALER_API_KEYS (local mode only) everyone is one owner."""
     if not settings.api_keys:
         return OPEN_ACCESS_OWNER
@@ -53,18 +60,15 @@ async def get_current_key(request: Request, settings: SettingsDep) -> str:
     # either; every key is compared, without stopping at a match.
     presented_digest = hashlib.sha256(presented).digest()
     matched = False
-    for key in settings.api_keys:
-        matched |= hmac.compare_digest(presented_digest, hashlib.sha256(key.get_secret_value().encode()).digest())
+    for digest in _key_digests(settings.api_keys):
+        matched |= hmac.compare_digest(presented_digest, digest)
     if not presented or not matched:
         raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
                        {"WWW-Authenticate": "Bearer"})
     return owner_of(presented.decode())
 
 
-CurrentKey = Annotated[str, Depends(get_current_key)]
-
-
-async def enforce_rate_limit(owner: CurrentKey, settings: SettingsDep, store: StoreDep) -> None:
+async def enforce_rate_limit(owner: str, settings: Settings, store: AsyncJobStore) -> None:
     """At most UPSCALER_RATE_LIMIT_PER_SECOND requests a second per key (bursts of UPSCALER_RATE_LIMIT_BURST),
     counted in Redis so every API process shares the count; 429 with Retry-After beyond it."""
     if not settings.rate_limit_per_second:
@@ -73,6 +77,20 @@ async def enforce_rate_limit(owner: CurrentKey, settings: SettingsDep, store: St
     if wait:
         raise ApiError(429, "rate_limited", f"more than {settings.rate_limit_per_second:g} requests a second "
                                             "with this key; slow down", {"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+async def get_current_key(request: Request) -> str:
+    """Authenticate the caller and count the request against its key's rate: the caller's owner id.
+
+    One dependency for both (reading the settings and the store from the app, not through further
+    dependencies): FastAPI's cost grows with every dependency a route resolves."""
+    state = request.app.state
+    owner = authenticate(request, state.settings)
+    await enforce_rate_limit(owner, state.settings, state.store)
+    return owner
+
+
+CurrentKey = Annotated[str, Depends(get_current_key)]
 
 
 @dataclass(frozen=True)

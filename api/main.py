@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI
+from PIL import Image
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.queueing import Enqueuer
 from api.routes import health, jobs
+from worker.celery_app import make_celery, run_job_message
 from worker.settings import Settings, load_settings
 from worker.store import AsyncJobStore
 
@@ -25,11 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.store = AsyncJobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
-        app.state.enqueuer = Enqueuer(settings)
+        app.state.celery = make_celery(settings)  # builds run_job messages; the store pushes them
+        await warm_up(app)
         try:
             yield
         finally:
-            app.state.enqueuer.close()
+            app.state.celery.close()
             await app.state.store.close()
 
     app = FastAPI(title="ZSSR upscaler", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -39,6 +42,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     return app
+
+
+async def warm_up(app: FastAPI) -> None:
+    """Do once, before the first request, what the first submissions would otherwise all wait for: Pillow's
+    format plugins, Celery's message machinery, the store's scripts and a few Redis connections."""
+    Image.init()
+    run_job_message(app.state.celery, "0" * 32, "light")
+    try:
+        await app.state.store.warm_up(connections=8)
+    except redis.RedisError:  # Redis not up yet: the API starts anyway and answers 503 until it is
+        log.warning("job store unreachable at start-up; requests get 503 until it answers")
 
 
 def app_from_env() -> FastAPI:

@@ -1,9 +1,14 @@
 """The Celery application: Redis broker, explicit queues, one message per worker at a time, late acks.
 
-The API imports this module to enqueue by task name; it does not import `worker.tasks` (and so not torch).
+The API imports this module to build run_job messages; it does not import `worker.tasks` (and so not torch).
 """
 from __future__ import annotations
 
+import base64
+import json
+import uuid
+
+import kombu.serialization
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -39,6 +44,23 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
     )
     return app
+
+
+def run_job_message(app: Celery, job_id: str, queue: str) -> tuple[str, str]:
+    """The Redis list and the message that `app.send_task(RUN_JOB, args=[job_id], queue=queue)` would push.
+
+    Built here (Celery's own task message, in kombu's Redis envelope) so that the job store pushes it in
+    the same script that queues the job: one round trip instead of a publish from a thread, and never a
+    moment when a job is queued with no message. The list is the queue's priority-0 list."""
+    task_id = str(uuid.uuid4())
+    message = app.amqp.as_task_v2(task_id, RUN_JOB, args=[job_id], kwargs={})
+    content_type, encoding, body = kombu.serialization.dumps(message.body, serializer="json")
+    body = body.encode() if isinstance(body, str) else body
+    properties = {**message.properties, "delivery_mode": 2, "priority": 0, "body_encoding": "base64",
+                  "delivery_info": {"exchange": "", "routing_key": queue}, "delivery_tag": str(uuid.uuid4())}
+    envelope = {"body": base64.b64encode(body).decode(), "content-encoding": encoding, "content-type": content_type,
+                "headers": message.headers, "properties": properties}
+    return queue, json.dumps(envelope)
 
 
 app = make_celery(Settings())

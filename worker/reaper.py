@@ -9,11 +9,12 @@ which must outlast the longest job (an hour or more). The reaper does not wait f
   resuming from its last training checkpoint. A job whose runs lapse `MAX_LAPSED_RUNS` times (one
   that kills its worker) fails with `worker_lost` instead of being retried forever.
 - A queued job whose message is in no queue `UPSCALER_REDISPATCH_AFTER_SECONDS` after it was sent
-  (the API crashed between recording and enqueueing it; a worker was killed holding the message
-  before it began the run; the broker lost it) is sent again.
+  (a worker took the message and was killed before it began the run; the message was lost with a
+  Redis restored from an older file) is sent again.
 
-A duplicate message is harmless: `begin_run` lets one run own a job, and a finished job never runs
-again. Every worker runs a reaper thread; one pass per interval happens, on whichever worker takes
+Both push the job's new message in the same script that changes the job, so a job is never queued
+without a message for long. A duplicate message is harmless: `begin_run` lets one run own a job, and a
+finished job never runs again. Every worker runs a reaper thread; one pass per interval happens, on whichever worker takes
 the turn first, so the reaper lives as long as any worker does.
 """
 from __future__ import annotations
@@ -28,13 +29,13 @@ from typing import Callable
 
 from worker.celery_app import PRIORITY_SEPARATOR, PRIORITY_STEPS, RUN_JOB
 from worker.settings import Settings
-from worker.store import JobStore
+from worker.store import JobStore, Message
 
 log = logging.getLogger(__name__)
 MAX_LAPSED_RUNS = 3
 SCAN_PAGE = 500
 
-Dispatch = Callable[[str, str], None]  # (job id, queue): send a run_job message
+MessageFor = Callable[[str, str], Message]  # (job id, queue) -> a run_job message (worker.celery_app.run_job_message)
 
 
 @dataclass
@@ -45,24 +46,20 @@ class Pass:
     redispatched: list[str] = field(default_factory=list)  # queued jobs whose message was missing
 
 
-def reap_once(store: JobStore, settings: Settings, dispatch: Dispatch) -> Pass:
+def reap_once(store: JobStore, settings: Settings, message_for: MessageFor) -> Pass:
     done = Pass()
-    for job_id in store.running_ids():
-        outcome, queue = store.requeue_if_lapsed(job_id, max_lapsed_runs=MAX_LAPSED_RUNS)
+    for job_id, queue in store.lapsed_runs():
+        outcome = store.requeue_if_lapsed(job_id, max_lapsed_runs=MAX_LAPSED_RUNS, message=message_for(job_id, queue))
         if outcome == "requeued":
-            dispatch(job_id, queue)
             done.requeued.append(job_id)
         elif outcome in ("canceled", "failed"):
             done.ended.append(job_id)
     stale = store.queued_since(time.time() - settings.redispatch_after_seconds)
     if stale:
         waiting = {queue: waiting_job_ids(store, queue) for queue in {queue for _, queue in stale}}
-        missing = [(job_id, queue) for job_id, queue in stale if job_id not in waiting[queue]]
-        # A worker may have taken a message and begun its job since the list was read: look again.
-        for (job_id, queue), queued in zip(missing, store.still_queued([job_id for job_id, _ in missing])):
-            if queued:
-                dispatch(job_id, queue)
-                store.mark_sent(job_id)
+        for job_id, queue in stale:
+            # resend checks the job is still queued: a worker may have taken its message and begun it since.
+            if job_id not in waiting[queue] and store.resend(job_id, message_for(job_id, queue)):
                 done.redispatched.append(job_id)
     if done.requeued or done.ended or done.redispatched:
         log.warning("reaper: requeued %d job(s) whose lease lapsed %s, ended %d %s, re-sent %d lost message(s) %s",
@@ -109,8 +106,8 @@ def _job_id_of_message(raw: bytes) -> str | None:
 class Reaper:
     """A daemon thread that offers to run a reaper pass every interval."""
 
-    def __init__(self, store: JobStore, settings: Settings, dispatch: Dispatch):
-        self.store, self.settings, self.dispatch = store, settings, dispatch
+    def __init__(self, store: JobStore, settings: Settings, message_for: MessageFor):
+        self.store, self.settings, self.message_for = store, settings, message_for
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
 
@@ -123,7 +120,7 @@ class Reaper:
             try:
                 # Slightly shorter than the interval, so the next turn is free when any worker next asks.
                 if self.store.take_turn("reaper", interval * 0.9):
-                    reap_once(self.store, self.settings, self.dispatch)
+                    reap_once(self.store, self.settings, self.message_for)
             except Exception:  # Redis away, a broker hiccup: the next pass tries again
                 log.warning("reaper pass failed; trying again in %.1f s", interval, exc_info=True)
             self._done.wait(interval)

@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     # died) is put back in the queue by the reaper, so it runs again within lease + reaper interval.
     lease_seconds: float = Field(30, ge=1)
     reaper_interval_seconds: float = Field(10, gt=0)  # how often one of the workers looks for lapsed leases
-    # A queued job whose message is in no queue this long after it was sent (an API that crashed between
-    # recording and enqueueing, a worker killed holding the message) is sent again by the reaper.
+    # A queued job whose message is in no queue this long after it was sent (a worker killed holding the
+    # message before it began the run) is sent again by the reaper.
     redispatch_after_seconds: float = Field(30, gt=0)
     max_active_jobs_per_key: int = Field(100, ge=0)  # unfinished (queued or running) jobs per key; 0 = no limit
     rate_limit_per_second: float = Field(50, ge=0)  # requests per second per key, sustained; 0 = no limit

@@ -29,6 +29,7 @@ schedule its webhook event in the `webhooks` outbox, so an event is never lost b
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -132,7 +133,8 @@ local function close_job(id, from, outcome, now, default_ttl, tomb_ttl)
 end
 """
 
-# ARGV: P, id, ttl, tomb_ttl, owner, created_at (µs), fields json, input, max active per owner (0: none), now
+# ARGV: P, id, ttl, tomb_ttl, owner, created_at (µs), fields json, input, max active per owner (0: none), now,
+#       the queue's Redis list and the job's run_job message ('' and '': record only, send nothing)
 # -> 1, or 0 when the owner already has the most unfinished jobs allowed
 _CREATE = _PRELUDE + """
 local id, owner = ARGV[2], ARGV[5]
@@ -161,6 +163,7 @@ if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
 redis.call('SADD', active, id)
 if redis.call('TTL', active) < ttl then redis.call('EXPIRE', active, ttl) end
 redis.call('ZADD', P .. 'queued', ARGV[10], id)
+if ARGV[11] ~= '' then redis.call('LPUSH', ARGV[11], ARGV[12]) end
 stat('active:queued', 1)
 stat('total:queued', 1)
 return 1
@@ -248,8 +251,9 @@ close_job(id, 'running', outcome, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
 return {outcome, 1}
 """
 
-# A run hands its job back to the queue (worker shutting down). ARGV: P, id, token, now
-# -> 'queued' when handed back, 'cancel' when the cancel flag is set (the caller finishes it canceled), else ''
+# A run hands its job back to the queue (worker shutting down). ARGV: P, id, token, now, queue list, message
+# -> 'queued' when handed back (with a new message), 'cancel' when the cancel flag is set (the caller
+# finishes it canceled), else ''
 _RELEASE = _PRELUDE + """
 local id = ARGV[2]
 local job = job_key(id)
@@ -261,13 +265,14 @@ redis.call('HDEL', job, 'run_token', 'worker')
 redis.call('DEL', job .. ':lease')
 redis.call('ZREM', P .. 'running', id)
 redis.call('ZADD', P .. 'queued', ARGV[4], id)
+redis.call('LPUSH', ARGV[5], ARGV[6])
 stat('active:running', -1)
 stat('active:queued', 1)
 return 'queued'
 """
 
 # The reaper, for a running job whose lease may have lapsed. ARGV: P, id, now, default ttl, tomb ttl,
-# most lapsed runs before the job fails, error json for that case
+# most lapsed runs before the job fails, error json for that case, queue list, run_job message
 # -> {what happened, the job's queue}: 'requeued', 'canceled' (its cancel flag was set), 'failed' (its
 # runs kept dying), 'alive' (the lease holds), 'gone' (not running any more)
 _REQUEUE_LAPSED = _PRELUDE + """
@@ -292,9 +297,20 @@ redis.call('HSET', job, 'status', 'queued', 'progress', '')
 redis.call('HDEL', job, 'run_token', 'worker')
 redis.call('ZREM', P .. 'running', id)
 redis.call('ZADD', P .. 'queued', ARGV[3], id)
+redis.call('LPUSH', ARGV[8], ARGV[9])
 stat('active:running', -1)
 stat('active:queued', 1)
 return {'requeued', queue}
+"""
+
+# The reaper, for a queued job whose message is nowhere: send another. ARGV: P, id, now, queue list, message
+# -> 1 if sent, 0 if the job is no longer queued (a worker began it meanwhile)
+_RESEND = _PRELUDE + """
+local id = ARGV[2]
+if redis.call('HGET', job_key(id), 'status') ~= 'queued' then return 0 end
+redis.call('LPUSH', ARGV[4], ARGV[5])
+redis.call('ZADD', P .. 'queued', ARGV[3], id)
+return 1
 """
 
 # ARGV: P, id, now, default ttl, tomb ttl
@@ -506,12 +522,15 @@ def seconds_bucket(seconds: float) -> str:
     return "+Inf"
 
 
-def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int,
-                 max_active: int) -> list:
+Message = tuple[str, str]  # (the queue's Redis list, a run_job message): worker.celery_app.run_job_message
+
+
+def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int, max_active: int,
+                 message: Message | None) -> list:
     """The arguments of the create script (shared by both stores)."""
     created_us = int(float(fields["created_at"]) * 1_000_000)  # exact in a double; orders same-ms submissions
     return [PREFIX, fields["id"], int(fields["ttl"]), tombstone_seconds, fields["owner"], created_us,
-            json.dumps(fields), input_bytes, max_active, fields["created_at"]]
+            json.dumps(fields), input_bytes, max_active, fields["created_at"], *(message or ("", ""))]
 
 
 def _decode(mapping: dict) -> dict[str, str]:
@@ -561,14 +580,17 @@ class JobStore:
         self._set_field, self._save_checkpoint = script(_SET_RUN_FIELD), script(_SAVE_CHECKPOINT)
         self._finish, self._release, self._requeue = script(_FINISH), script(_RELEASE), script(_REQUEUE_LAPSED)
         self._cancel, self._record, self._claim = script(_CANCEL), script(_RECORD_DELIVERY), script(_CLAIM_EVENTS)
-        self._keep_body = script(_KEEP_EVENT_BODY)
+        self._keep_body, self._resend = script(_KEEP_EVENT_BODY), script(_RESEND)
 
     def close(self) -> None:
         self.redis.close()
 
-    def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0) -> bool:
-        """Record a queued job; False (nothing written) when its owner has `max_active` unfinished jobs."""
-        return bool(self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active)))
+    def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0,
+               message: Message | None = None) -> bool:
+        """Record a queued job and push its message (none: record only); False (nothing written) when its
+        owner has `max_active` unfinished jobs."""
+        return bool(self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
+                                                   message)))
 
     def fields(self, job_id: str) -> dict[str, str] | None:
         found = _decode(self.redis.hgetall(JobKeys.of(job_id).job))
@@ -617,24 +639,37 @@ class JobStore:
                                             self.tombstone_seconds, json.dumps(fields or {}), result])
         return _text(final), bool(changed)
 
-    def release(self, job_id: str, token: str) -> str:
-        return _text(self._release(args=[PREFIX, job_id, token, _now()])) or ""
+    def release(self, job_id: str, token: str, message: Message) -> str:
+        """Hand a running job back to the queue, with `message`; see _RELEASE."""
+        return _text(self._release(args=[PREFIX, job_id, token, _now(), *message])) or ""
 
     def cancel(self, job_id: str) -> str:
         return _text(self._cancel(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds]))
 
     # --- the reaper: lapsed leases and queued jobs whose message went missing
 
-    def running_ids(self) -> list[str]:
-        return [_text(i) for i in self.redis.zrange(RUNNING_KEY, 0, -1)]
+    def lapsed_runs(self) -> list[tuple[str, str]]:
+        """(id, queue) of the running jobs whose lease is gone (their worker stopped renewing it)."""
+        ids = [_text(i) for i in self.redis.zrange(RUNNING_KEY, 0, -1)]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(JobKeys.of(job_id).lease).hget(JobKeys.of(job_id).job, "queue")
+        found = pipe.execute()
+        return [(job_id, _text(found[2 * i + 1]) or "") for i, job_id in enumerate(ids) if not found[2 * i]]
 
-    def requeue_if_lapsed(self, job_id: str, *, max_lapsed_runs: int) -> tuple[str, str]:
-        """Put a running job whose lease lapsed back in the queue (see _REQUEUE_LAPSED); -> (what, queue)."""
+    def requeue_if_lapsed(self, job_id: str, *, max_lapsed_runs: int, message: Message) -> str:
+        """Put a running job whose lease lapsed back in the queue with `message` (see _REQUEUE_LAPSED)."""
         error = json.dumps({"code": "worker_lost", "message": f"the worker running the job stopped answering "
                                                               f"{max_lapsed_runs} times; it is not retried again"})
-        outcome, queue = self._requeue(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds,
-                                             max_lapsed_runs, error])
-        return _text(outcome), _text(queue)
+        outcome, _ = self._requeue(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds,
+                                         max_lapsed_runs, error, *message])
+        return _text(outcome)
+
+    def resend(self, job_id: str, message: Message) -> bool:
+        """Push another message for a job that is still queued (see _RESEND)."""
+        return bool(self._resend(args=[PREFIX, job_id, _now(), *message]))
 
     def queued_since(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
         """(id, queue) of queued jobs whose message was last sent before `before` (epoch seconds)."""
@@ -653,16 +688,6 @@ class JobStore:
         if gone:
             self.redis.zrem(QUEUED_KEY, *gone)
         return found
-
-    def still_queued(self, job_ids: list[str]) -> list[bool]:
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(JobKeys.of(job_id).job, "status")
-        return [_text(status) == "queued" for status in pipe.execute()]
-
-    def mark_sent(self, job_id: str) -> None:
-        """A message for this queued job was just sent: the reaper waits a full grace period again."""
-        self.redis.zadd(QUEUED_KEY, {job_id: time.time()}, xx=True)
 
     def take_turn(self, name: str, seconds: float) -> bool:
         """True for one caller per `seconds` across every process (a lock that simply expires)."""
@@ -743,9 +768,18 @@ class AsyncJobStore:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
-    async def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0) -> bool:
-        """Record a queued job; False (nothing written) when its owner has `max_active` unfinished jobs."""
-        return bool(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active)))
+    async def warm_up(self, connections: int) -> None:
+        """Load the scripts and open a few pooled connections before the first requests need them."""
+        for script in (self._create, self._cancel, self._rate):
+            await self.redis.script_load(script.script)
+        await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
+
+    async def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0,
+                     message: Message | None = None) -> bool:
+        """Record a queued job and push its message, in one script; False (nothing written) when its owner
+        has `max_active` unfinished jobs."""
+        return bool(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
+                                                         message)))
 
     async def take_request(self, owner: str, *, per_second: float, burst: int) -> float:
         """Count one request of `owner`: 0.0 if allowed, else the seconds to wait before the next one."""

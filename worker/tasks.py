@@ -17,7 +17,7 @@ from celery import signals
 
 import sr
 from worker import webhooks
-from worker.celery_app import RUN_JOB, app
+from worker.celery_app import RUN_JOB, app, run_job_message
 from worker.images import OUTPUT_FORMATS, decode_for_sr, encode
 from worker.outbox import WebhookSender
 from worker.reaper import Reaper
@@ -95,9 +95,8 @@ def _stop(job_id: str, token: str, control: RunControl, job: dict[str, str], sta
     if reason in ("shutdown", "lease_lost"):
         # Hand the job back (a lease lost only here, not yet in Redis, is still ours to hand back);
         # if another run owns it already, this changes nothing.
-        handed_back = store.release(job_id, token)
+        handed_back = store.release(job_id, token, run_job_message(app, job_id, job["queue"]))
         if handed_back == "queued":
-            _dispatch(job_id, job["queue"])
             log.info("job %s handed back to the queue (%s)", job_id, reason)
             return
         if handed_back != "cancel":
@@ -120,12 +119,8 @@ def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: 
     store.observe_seconds("run", method, time.monotonic() - started)
 
 
-def _dispatch(job_id: str, queue: str) -> None:
-    """Send a run_job message; if this fails, the reaper sends one later (the job is queued in the store)."""
-    try:
-        app.send_task(RUN_JOB, args=[job_id], queue=queue)
-    except Exception:
-        log.warning("job %s: could not send its message; the reaper will", job_id, exc_info=True)
+def _message_for(job_id: str, queue: str):
+    return run_job_message(app, job_id, queue)
 
 
 def _json(value) -> str:
@@ -142,7 +137,7 @@ _background: list = []
 def _start_background(sender=None, **_) -> None:
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
     _background.append(Heartbeat(store, sender.hostname, queues))
-    _background.append(Reaper(store, settings, _dispatch))
+    _background.append(Reaper(store, settings, _message_for))
     if "light" in queues:
         _background.append(WebhookSender(store, settings))
     for thread in _background:

@@ -4,29 +4,28 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import time
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep, enforce_rate_limit
+from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
+from worker.celery_app import run_job_message
 from worker.images import OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
 from worker.settings import METHOD_QUEUE, Settings
 from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
 from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
 
-log = logging.getLogger(__name__)
-# Every route here needs a valid key and counts against its request rate (api/deps.py).
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(enforce_rate_limit)])
+# Every route here needs a valid key, and counts against its request rate (CurrentKey, api/deps.py).
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 POLL_RETRY_AFTER_SECONDS = "1"
 ACTIVE_JOBS_RETRY_AFTER_SECONDS = 5
 INLINE_DECODE_BYTES = 32 * 1024
@@ -132,14 +131,12 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
         output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
                      "bytes": 0},
         queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
-    if not await store.create(fields, image, max_active=settings.max_active_jobs_per_key):
+    # One script records the job and pushes its run_job message: accepted means recorded and enqueued.
+    message = run_job_message(request.app.state.celery, job_id, queue)
+    if not await store.create(fields, image, max_active=settings.max_active_jobs_per_key, message=message):
         raise ApiError(429, "too_many_jobs", f"this key has {settings.max_active_jobs_per_key} unfinished jobs, "
                                              "the most allowed; wait for some to finish",
                        {"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_SECONDS)})
-    try:
-        await request.app.state.enqueuer.run_job(job_id, queue)
-    except Exception:  # recorded is accepted: the reaper sends the message the broker did not take
-        log.warning("job %s: recorded but not enqueued; the reaper will send it", job_id, exc_info=True)
     return job_response(public_job(fields), 202, {"Location": f"/v1/jobs/{job_id}"})
 
 

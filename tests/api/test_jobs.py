@@ -83,7 +83,7 @@ def test_a_canceled_queued_job_never_starts_even_when_its_message_arrives(client
     job_id = _queued_job_without_a_message(store)
     response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "canceled"
-    client.app.state.enqueuer.celery.send_task("upscaler.run_job", args=[job_id], queue="light")
+    client.app.state.celery.send_task("upscaler.run_job", args=[job_id], queue="light")
     time.sleep(1.0)  # the light worker takes the message at once; it must decline to run it
     record = store.fields(job_id)
     assert record["status"] == "canceled" and record["runs"] == "0" and "started_at" not in record

@@ -72,11 +72,12 @@ def test_a_canceled_running_job_never_turns_succeeded(store):
 def test_a_handed_back_job_is_queued_again_unless_canceled(store):
     job_id = make_job(store)
     store.begin_run(job_id, "t", worker="w", lease_seconds=30)
-    assert store.release(job_id, "t") == "queued"
-    assert status_of(store, job_id) == "queued"
+    handback = ("test-handback:" + job_id, "the new message")  # (the queue's list, the message pushed with it)
+    assert store.release(job_id, "t", handback) == "queued"
+    assert status_of(store, job_id) == "queued" and store.redis.lrange(handback[0], 0, -1) == [b"the new message"]
     assert store.begin_run(job_id, "t2", worker="w", lease_seconds=30) == BeginResult("started", "queued", False)
     store.cancel(job_id)
-    assert store.release(job_id, "t2") == "cancel"
+    assert store.release(job_id, "t2", handback) == "cancel" and store.redis.llen(handback[0]) == 1
 
 
 def test_progress_is_written_only_by_the_running_run(store):
