@@ -9,14 +9,15 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.queueing import Enqueuer
-from api.routes import health, jobs
+from api.routes import events, health, jobs
 from worker.settings import Settings, load_settings
 from worker.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """Upscale images with ZSSR ("Zero-Shot" Super-Resolution) or bicubic, as asynchronous jobs:
 submit (`POST /v1/jobs`), poll (`GET /v1/jobs/{id}`), fetch (`GET /v1/jobs/{id}/result`), cancel, and
-receive signed webhooks (Standard Webhooks). Send the API key as `Authorization: Bearer KEY`."""
+receive signed webhooks (Standard Webhooks), or follow a job live (`GET /v1/jobs/{id}/events`, Server-Sent
+Events). Send the API key as `Authorization: Bearer KEY`."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_image_bytes=settings.max_upload_bytes)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     return app
 
