@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.queueing import Enqueuer
-from api.routes import events, health, jobs
+from api.routes import events, health, jobs, page
 from worker.settings import Settings, load_settings
 from worker.store import AsyncJobStore
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """Upscale images with ZSSR ("Zero-Shot" Super-Resolution) or bicubic, as asynchronous jobs:
 submit (`POST /v1/jobs`), poll (`GET /v1/jobs/{id}`), fetch (`GET /v1/jobs/{id}/result`), cancel, and
 receive signed webhooks (Standard Webhooks), or follow a job live (`GET /v1/jobs/{id}/events`, Server-Sent
-Events). Send the API key as `Authorization: Bearer KEY`."""
+Events). Send the API key as `Authorization: Bearer KEY`. A demo page that uses this API is served at `/`."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
     return app
 
 
