@@ -495,7 +495,7 @@ function addLoss(step, loss, totalSteps) {
   ui.lossLine.setAttribute('points', points.join(' '));
   ui.lossLine.dataset.points = String(state.losses.length);
   ui.lossCaption.textContent = `Training loss (L1, log scale): ${Number(loss).toPrecision(3)} at step ${step}` +
-    ` (from ${Number(10 ** high).toPrecision(3)} down to ${Number(10 ** low).toPrecision(3)}).`;
+    ` (lowest ${Number(10 ** low).toPrecision(3)}, highest ${Number(10 ** high).toPrecision(3)}).`;
 }
 
 // --- the result: comparison and download ---------------------------------------------------------------
