@@ -448,6 +448,10 @@ function overallFraction(method, progress) {
 }
 
 function showStatus(job) {
+  if (job.status === 'queued' && state.losses.length) {  // handed back to the queue: the next run starts afresh
+    state.losses = [];
+    ui.lossLine.setAttribute('points', '');
+  }
   ui.progressBar.value = job.status === 'succeeded' ? 1 : overallFraction(job.params.method, job.progress);
   const words = {
     queued: 'Queued: waiting for a worker…',

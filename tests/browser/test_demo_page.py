@@ -230,3 +230,19 @@ def test_the_page_reconnects_with_last_event_id_when_the_stream_drops_and_still_
     page.locator("#result-card").wait_for(state="visible")
     assert sent_ids == [None, "made-up-id"]
     assert natural_size(page, "#after-img") == (128, 96)
+
+
+@pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
+def test_a_training_job_is_canceled_from_the_keyboard(demo_server, open_browser):
+    base = demo_server()
+    page = open_browser().new_page()
+    page.goto(base)
+    drop_file(page, photo_bytes(), "astronaut.png", "image/png")
+    page.get_by_text("astronaut.png: 64×48 pixels").wait_for()
+    page.select_option("#preset", "paper")  # the test budget for "paper" trains far longer than this test
+    page.click("#submit")
+    page.get_by_text("Training on your photo: step").wait_for()
+    page.focus("#cancel")
+    page.keyboard.press("Enter")
+    page.get_by_text("The job was canceled.").wait_for(timeout=10_000)
+    assert page.locator("#result-card").is_hidden() and page.is_enabled("#submit")
