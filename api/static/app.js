@@ -222,7 +222,7 @@ function useFile(file) {
   ui.fileStatus.textContent = `${file.name} (${formatBytes(file.size)}): loading a preview…`;
   ui.previewImg.onload = () => {
     const {naturalWidth: width, naturalHeight: height} = ui.previewImg;
-    state.photo = {width, height, element: ui.previewImg};
+    state.photo = {width, height};
     ui.preview.hidden = false;
     ui.fileStatus.textContent = `${file.name}: ${width}×${height} pixels, ${formatBytes(file.size)}.`;
     const large = width * height > LARGE_PHOTO_PIXELS;
@@ -355,9 +355,9 @@ for (const type of ['pointerup', 'pointercancel']) ui.preview.addEventListener(t
 
 // --- a run: submit, follow, show the result ------------------------------------------------------------
 
-function submission(method) {
+function submission(file, method) {
   const form = new FormData();
-  form.append('image', state.file, state.file.name || 'image');
+  form.append('image', file, file.name || 'image');
   form.append('scale', ui.scale.value);
   form.append('method', method);
   if (method === 'zssr') form.append('preset', ui.preset.value);
@@ -368,8 +368,8 @@ function submission(method) {
   return form;
 }
 
-async function submitJob(method, signal) {
-  const response = await api('/v1/jobs', {method: 'POST', body: submission(method), signal});
+async function submitJob(file, method, signal) {
+  const response = await api('/v1/jobs', {method: 'POST', body: submission(file, method), signal});
   return response.json();
 }
 
@@ -397,22 +397,23 @@ ui.form.addEventListener('submit', async (event) => {
   resetRun();
   const controller = new AbortController();
   const method = ui.method.value;
-  state.run = {controller, jobId: null, method};
+  const run = {controller, jobId: null, method, file: state.file};  // what was sent, whatever is picked next
+  state.run = run;
   ui.submit.disabled = true;
   try {
-    const job = await submitJob(method, controller.signal);
+    const job = await submitJob(run.file, method, controller.signal);
     state.run.jobId = job.id;
     ui.cancel.disabled = false;
     ui.progressCard.hidden = false;
     showStatus(job);
     // The bicubic baseline for the comparison: same image, scale and region (milliseconds of work).
-    const baseline = method === 'zssr' ? submitJob('bicubic', controller.signal).catch((err) => err) : null;
+    const baseline = method === 'zssr' ? submitJob(run.file, 'bicubic', controller.signal).catch((err) => err) : null;
     const done = await followJob(job.id, {
       signal: controller.signal, onStatus: showStatus, onProgress: showProgress,
       onReconnect: (n) => { ui.progressText.textContent = `Connection lost; reconnecting (attempt ${n})…`; },
     });
     ui.cancel.disabled = true;
-    if (done.status === 'succeeded') await showResult(done, method, await baseline, controller.signal);
+    if (done.status === 'succeeded') await showResult(done, run, await baseline);
     else if (done.status === 'failed') showMessage(`The job failed: ${done.error?.message || 'no reason given'}`);
     else showMessage('The job was canceled.');
   } catch (err) {
@@ -511,7 +512,7 @@ async function fetchImageUrl(jobId, signal) {
   return {url, blob};
 }
 
-async function baselineUrl(baseline, job, signal) {
+async function baselineUrl(baseline, signal) {
   if (baseline instanceof Error) throw baseline;
   const done = await followJob(baseline.id, {signal});
   if (done.status !== 'succeeded') throw new Error(`the bicubic job ${done.status}`);
@@ -519,14 +520,16 @@ async function baselineUrl(baseline, job, signal) {
 }
 
 // The input's own pixels (the region, if any) enlarged by nearest neighbour to the result's size.
-async function nearestUrl(job) {
-  const crop = job.params.crop || {x: 0, y: 0, width: state.photo.width, height: state.photo.height};
+async function nearestUrl(job, file) {
+  const photo = await createImageBitmap(file);  // applies the EXIF orientation, as the server does
+  const crop = job.params.crop || {x: 0, y: 0, width: photo.width, height: photo.height};
   const canvas = document.createElement('canvas');
   canvas.width = job.output.width;
   canvas.height = job.output.height;
   const context = canvas.getContext('2d');
   context.imageSmoothingEnabled = false;
-  context.drawImage(state.photo.element, crop.x, crop.y, crop.width, crop.height, 0, 0, canvas.width, canvas.height);
+  context.drawImage(photo, crop.x, crop.y, crop.width, crop.height, 0, 0, canvas.width, canvas.height);
+  photo.close();
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
   const url = URL.createObjectURL(blob);
   state.resultUrls.push(url);
@@ -541,10 +544,11 @@ function loaded(img, url) {
   });
 }
 
-async function showResult(job, method, baseline, signal) {
+async function showResult(job, run, baseline) {
+  const {method, file, controller: {signal}} = run;
   const {url, blob} = await fetchImageUrl(job.id, signal);
   const extension = (job.output.content_type || 'image/png').split('/')[1].replace('jpeg', 'jpg');
-  const stem = (state.file.name || 'image').replace(/\.[^.]*$/, '').replace(/[^\w.-]+/g, '_') || 'image';
+  const stem = (file.name || 'image').replace(/\.[^.]*$/, '').replace(/[^\w.-]+/g, '_') || 'image';
   ui.download.href = url;
   ui.download.download = `${stem}_${method}_x${job.params.scale}.${extension}`;
   ui.afterTag.textContent = method === 'zssr' ? 'ZSSR' : 'Bicubic';
@@ -553,7 +557,7 @@ async function showResult(job, method, baseline, signal) {
   let beforeNote = '';
   let beforeUrl;
   try {
-    beforeUrl = method === 'zssr' ? await baselineUrl(baseline, job, signal) : await nearestUrl(job);
+    beforeUrl = method === 'zssr' ? await baselineUrl(baseline, signal) : await nearestUrl(job, file);
     ui.beforeTag.textContent = method === 'zssr' ? 'Bicubic' : 'Input pixels';
   } catch (err) {
     beforeUrl = url;  // still show the result; say why there is nothing to compare with

@@ -39,8 +39,10 @@ def chromium_path() -> str | None:
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
     path = chromium_path()
-    if not path or not os.access(path, os.X_OK):
+    if not path:
         _unavailable("Debian's chromium is not installed (apt-get install chromium, or set CHROMIUM_PATH)")
+    if not os.access(path, os.X_OK):
+        _unavailable(f"no executable chromium at {path} (CHROMIUM_PATH)")
     return path
 
 

@@ -93,6 +93,13 @@ def test_a_region_of_the_photo_is_upscaled_alone(demo_server, open_browser, tmp_
                                           "buffer": photo_bytes((0, 0, 512, 512))}])
     page.get_by_text("A large photo: only a 256×256 region is selected").wait_for()  # the seed demo's preview crop
     assert page.is_checked("#use-region") and page.locator("#region-box").is_visible()
+    box = page.locator("#preview-img").bounding_box()  # drawn 512 photo pixels wide
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.75, steps=5)
+    page.mouse.up()
+    drawn = [int(page.input_value(f"#crop-{f}")) for f in "xywh"]
+    assert all(abs(got - want) <= 2 for got, want in zip(drawn, [128, 256, 128, 128])), drawn
     for field, value in (("#crop-x", "100"), ("#crop-y", "60"), ("#crop-w", "50"), ("#crop-h", "40")):
         page.fill(field, value)
     page.select_option("#method", "bicubic")
@@ -136,6 +143,9 @@ def test_keyboard_only_on_a_phone_sized_window_with_an_api_key(demo_server, open
     base = demo_server(api_keys=(key,))
     context = open_browser(viewport=PHONE)
     page = context.new_page()
+    # Subscribe to file choosers now: Playwright turns the interception on without waiting (fire and forget), so a
+    # subscription made just before the key press can lose the race and let a real, invisible dialog open.
+    page.on("filechooser", lambda _: None)
     page.goto(base)
     page.get_by_text("This API needs a key").wait_for()
     assert page.evaluate("() => document.activeElement.id") == "api-key"  # the page put the focus there
