@@ -10,7 +10,7 @@ from PIL import Image
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import health, jobs
+from api.routes import events, health, jobs, page
 from worker.celery_app import make_celery, run_job_message
 from worker.settings import Settings, load_settings
 from worker.store import AsyncJobStore
@@ -18,7 +18,8 @@ from worker.store import AsyncJobStore
 log = logging.getLogger(__name__)
 DESCRIPTION = """Upscale images with ZSSR ("Zero-Shot" Super-Resolution) or bicubic, as asynchronous jobs:
 submit (`POST /v1/jobs`), poll (`GET /v1/jobs/{id}`), fetch (`GET /v1/jobs/{id}/result`), cancel, and
-receive signed webhooks (Standard Webhooks). Send the API key as `Authorization: Bearer KEY`."""
+receive signed webhooks (Standard Webhooks), or follow a job live (`GET /v1/jobs/{id}/events`, Server-Sent
+Events). Send the API key as `Authorization: Bearer KEY`. A demo page that uses this API is served at `/`."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_image_bytes=settings.max_upload_bytes)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
     return app
 
 

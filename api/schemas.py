@@ -1,15 +1,44 @@
 """One pydantic schema per shape the API reads or writes (CONTRACT.md section 4)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["zssr", "bicubic"]
 Preset = Literal["fast", "balanced", "paper"]
 Kernel = Literal["bicubic", "estimate"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class Crop(BaseModel):
+    """A region of the input in pixels (after EXIF orientation): only this part is upscaled.
+
+    Submitted as the text `x,y,w,h` (multipart or JSON), or in JSON as `[x, y, w, h]` or this object."""
+    model_config = ConfigDict(extra="forbid")
+
+    x: int = Field(ge=0, description="left edge")
+    y: int = Field(ge=0, description="top edge")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text_or_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+            if not all(part.strip().isdigit() for part in value):
+                raise ValueError("crop must be four whole numbers x,y,w,h (pixels), e.g. 0,0,128,128")
+        if isinstance(value, (list, tuple)):
+            if len(value) != 4:
+                raise ValueError("crop must be four whole numbers x,y,w,h (pixels), e.g. 0,0,128,128")
+            return dict(zip(("x", "y", "width", "height"), value))
+        return value
+
+    def box(self) -> tuple[int, int, int, int]:
+        """Pillow's (left, upper, right, lower)."""
+        return self.x, self.y, self.x + self.width, self.y + self.height
 
 
 class JobCreate(BaseModel):
@@ -23,6 +52,12 @@ class JobCreate(BaseModel):
     output_format: OutputFormat = "png"
     webhook_url: str | None = Field(None, max_length=2048)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    crop: Crop | None = Field(None, description="upscale only this region: x,y,w,h in input pixels")
+
+    @field_validator("crop", mode="before")
+    @classmethod
+    def _empty_crop_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # an empty HTML form field
 
 
 class JobCreateJSON(JobCreate):
@@ -37,6 +72,7 @@ class JobParams(BaseModel):
     kernel: Kernel = "bicubic"
     output_format: OutputFormat
     seed: int | None = None
+    crop: Crop | None = None
 
 
 class ImageInput(BaseModel):

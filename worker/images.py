@@ -74,8 +74,10 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     return ImageInfo(width, height, image.mode, image.format, getattr(image, "n_frames", 1))
 
 
-def decode_for_sr(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an accepted upload into an image the sr core takes: first frame, EXIF-oriented, a supported mode."""
+def decode_for_sr(data: bytes, max_pixels: int, crop: dict[str, int] | None = None) -> Image.Image:
+    """Decode an accepted upload into an image the sr core takes: first frame, EXIF-oriented, a supported mode.
+
+    `crop` ({"x", "y", "width", "height"}, in the oriented image's pixels) keeps only that region."""
     image = _open(data, max_pixels)
     try:
         image.load()
@@ -84,7 +86,18 @@ def decode_for_sr(data: bytes, max_pixels: int) -> Image.Image:
     except Exception:  # the stored input no longer decodes (it was checked at submission): say so, no traceback
         raise ImageRejected("corrupt_image", f"the {image.format} image is truncated or corrupt") from None
     image = ImageOps.exif_transpose(image)
+    if crop:
+        image = crop_region(image, crop)
     return normalize_mode(image)
+
+
+def crop_region(image: Image.Image, crop: dict[str, int]) -> Image.Image:
+    """The region, checked again here: the API checked it against the same image, but a job record is only data."""
+    left, top, width, height = crop["x"], crop["y"], crop["width"], crop["height"]
+    if left < 0 or top < 0 or width < 1 or height < 1 or left + width > image.width or top + height > image.height:
+        raise ImageRejected("invalid_crop", f"the region {left},{top},{width},{height} is not inside the "
+                                            f"{image.width}x{image.height} image", 422)
+    return image.crop((left, top, left + width, top + height))  # keeps image.info (the ICC profile)
 
 
 def normalize_mode(image: Image.Image) -> Image.Image:

@@ -35,7 +35,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -552,8 +552,7 @@ def _connection_retry() -> dict[str, Any]:
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
 
 
-@dataclass(frozen=True)
-class BeginResult:
+class BeginResult(NamedTuple):
     outcome: str  # 'started', or why not: 'missing', 'busy', or the job's status
     previous: str  # the status before: 'queued' (first start, hand-back, requeue) or 'running' (take-over)
     first_start: bool  # the job never started before (its queue time is observed, job.started is sent)

@@ -50,7 +50,7 @@ def run_job(self, job_id: str) -> None:
     started = time.monotonic()
     with keep_lease(store, job_id, token, settings, control):
         try:
-            image = decode_for_sr(store.load_input(job_id) or b"", settings.max_input_pixels)
+            image = decode_for_sr(store.load_input(job_id) or b"", settings.max_input_pixels, params.get("crop"))
             control.report("training" if params["method"] == "zssr" else "inference")
             output = sr.upscale(
                 image, params["scale"], method=params["method"], preset=params["preset"], kernel=params["kernel"],

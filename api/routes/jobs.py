@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
+from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
 from worker.images import OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
 from worker.settings import METHOD_QUEUE, Settings
@@ -36,6 +36,8 @@ def _submission_openapi() -> dict[str, Any]:
     form = JobCreate.model_json_schema()
     form["properties"] = {"image": {"type": "string", "format": "binary", "description": "the image file"},
                           **form["properties"]}
+    form["properties"]["crop"] = {"type": "string", "pattern": r"^\s*\d+\s*(,\s*\d+\s*){3}$", "example": "0,0,128,128",
+                                  "description": "upscale only this region: x,y,w,h in input pixels"}
     form["required"] = ["image"]
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": form},
@@ -92,6 +94,14 @@ def _decode_base64(text: str) -> bytes:
         raise ApiError(422, "invalid_base64", "image_base64 is not valid base64") from None
 
 
+def check_crop(crop: Crop, width: int, height: int) -> None:
+    """The region must lie inside the image (as oriented by its EXIF tag, the way viewers show it)."""
+    if crop.x + crop.width > width or crop.y + crop.height > height:
+        raise ApiError(422, "invalid_parameters",
+                       f"crop: the region {crop.x},{crop.y},{crop.width},{crop.height} reaches past the "
+                       f"{width}x{height} image (x + w must be <= {width} and y + h <= {height})")
+
+
 async def check_webhook_target(url: str, settings: Settings) -> None:
     if settings.webhook_key is None:
         raise ApiError(422, "webhooks_disabled", "this service has no UPSCALER_WEBHOOK_SECRET, so it sends no webhooks")
@@ -115,7 +125,10 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
             info = await anyio.to_thread.run_sync(inspect_image, image, settings.max_input_pixels)
     except ImageRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
-    width, height = output_size(info.width, info.height, params.scale)
+    if params.crop:
+        check_crop(params.crop, info.width, info.height)
+    upscaled = (params.crop.width, params.crop.height) if params.crop else (info.width, info.height)
+    width, height = output_size(*upscaled, params.scale)
     if width * height > settings.max_output_pixels:
         raise ApiError(422, "output_too_large", f"the output would be {width}x{height} = {width * height} pixels; "
                                                 f"the limit is {settings.max_output_pixels}")
