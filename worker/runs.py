@@ -4,9 +4,11 @@ Kept out of `worker.tasks` so a task reads as: load, call sr, save, report.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from worker.settings import EXIT_STUCK_RUN, Settings
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
+# The ZSSR core saves its training state through `checkpoint=` and resumes from `resume=` (when it has them).
+SR_CHECKPOINTS = {"checkpoint", "resume"} <= set(inspect.signature(sr.upscale).parameters)
 
 # Set by Celery's `worker_shutting_down` signal: running jobs stop between steps and are handed back.
 shutting_down = threading.Event()
@@ -77,6 +81,10 @@ class RunControl:
         if loss is not None:
             progress["loss"] = round(float(loss), 6)
         self.store.set_progress(self.job_id, self.token, progress)
+
+    def note_resumed(self) -> None:
+        """Mark in the job record that this run resumed from a checkpoint (read by the tests and operators)."""
+        self.store.set_run_field(self.job_id, self.token, "resumed", "1")
 
     def save_checkpoint(self, data: bytes) -> None:
         """sr's `checkpoint` callback: keep the latest training state under the job (this run's only)."""
@@ -200,6 +208,64 @@ def zssr_config(settings: Settings, preset: str) -> Any:
     if build is None:
         raise NotImplementedError("UPSCALER_ZSSR_OVERRIDES needs sr.config_for, which this sr core lacks")
     return build(preset, overrides)
+
+
+OOM_RETRIES = 3  # CUDA out of memory: retries with half the inference tile memory each time, then fail
+MIN_INFERENCE_MEMORY_MB = 16  # sr's own lower bound for `inference_memory_mb`
+
+
+def upscale_job(image: Any, params: dict[str, Any], settings: Settings, control: RunControl,
+                resume: bytes | None) -> Any:
+    """`sr.upscale` for one job, with the run's callbacks.
+
+    A ZSSR run resumes from `resume` (the last checkpoint of an earlier run of the job); if sr refuses that
+    state (another sr version, a changed config), the run starts over instead of failing the job. On CUDA,
+    an out-of-memory error is retried with smaller inference tiles (half the `inference_memory_mb` each
+    time, OOM_RETRIES times) before the job fails with `out_of_memory`."""
+    zssr = params["method"] == "zssr"
+    config = zssr_config(settings, params["preset"]) if zssr else None
+    retries = 0
+    while True:
+        hooks = {"checkpoint": control.save_checkpoint, "resume": resume} if zssr and SR_CHECKPOINTS else {}
+        try:
+            return sr.upscale(image, params["scale"], method=params["method"], preset=params["preset"],
+                              kernel=params["kernel"], config=config, device=settings.device, seed=params.get("seed"),
+                              progress=control.progress, should_stop=control.should_stop, **hooks)
+        except sr.InvalidInput:
+            if resume is None:
+                raise
+            log.warning("job %s: sr cannot resume from the stored checkpoint; starting over", control.job_id)
+            resume = None
+        except Exception as exc:
+            if not (zssr and is_cuda_out_of_memory(exc) and retries < OOM_RETRIES):
+                raise
+            config = smaller_tiles(config or sr.config_for(params["preset"]), settings, params["preset"])
+            if config is None:
+                raise
+            retries += 1
+            log.warning("job %s: CUDA out of memory; retrying with inference tiles for %d MB (%d of %d)",
+                        control.job_id, config.inference_memory_mb, retries, OOM_RETRIES)
+            _release_cuda_memory()
+            resume = None  # a checkpoint belongs to its config, and the tile memory is part of it
+
+
+def smaller_tiles(config: Any, settings: Settings, preset: str) -> Any:
+    """The same config with half the inference tile memory; None when it is at sr's minimum already."""
+    if config.inference_memory_mb <= MIN_INFERENCE_MEMORY_MB:
+        return None
+    smaller = max(MIN_INFERENCE_MEMORY_MB, config.inference_memory_mb // 2)
+    return sr.config_for(preset, {**overrides_for(settings.zssr_overrides, preset), "inference_memory_mb": smaller})
+
+
+def is_cuda_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (or its RuntimeError form); a CPU allocation failure is not retried."""
+    return type(exc).__name__ == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc))
+
+
+def _release_cuda_memory() -> None:
+    torch = sys.modules.get("torch")  # loaded by sr; never imported here for its own sake
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sr_metrics(output: Any) -> dict[str, str]:

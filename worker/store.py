@@ -618,6 +618,10 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(JobKeys.of(job_id).cancel))
 
+    def set_run_field(self, job_id: str, token: str, field: str, value: str) -> bool:
+        """Write one field of the record, only while this run owns the job."""
+        return bool(self._set_field(args=[PREFIX, job_id, token, field, value]))
+
     def set_progress(self, job_id: str, token: str, progress: dict[str, Any]) -> bool:
         return bool(self._set_field(args=[PREFIX, job_id, token, "progress", json.dumps(progress)]))
 

@@ -7,7 +7,6 @@ light-queue workers a webhook sender (worker/outbox.py).
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import secrets
@@ -21,15 +20,14 @@ from worker.celery_app import RUN_JOB, app, run_job_message
 from worker.images import OUTPUT_FORMATS, decode_for_sr, encode
 from worker.outbox import WebhookSender
 from worker.reaper import Reaper
-from worker.runs import Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics, zssr_config
+from worker.runs import (SR_CHECKPOINTS, Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics,
+                         upscale_job)
 from worker.settings import Settings
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
 settings = Settings()
 store = JobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
-# The ZSSR core saves its training state through `checkpoint=` and resumes from `resume=` (when it has them).
-SR_CHECKPOINTS = {"checkpoint", "resume"} <= set(inspect.signature(sr.upscale).parameters)
 
 
 @app.task(name=RUN_JOB, bind=True)
@@ -52,12 +50,7 @@ def run_job(self, job_id: str) -> None:
         try:
             image = decode_for_sr(store.load_input(job_id) or b"", settings.max_input_pixels, params.get("crop"))
             control.report("training" if params["method"] == "zssr" else "inference")
-            output = sr.upscale(
-                image, params["scale"], method=params["method"], preset=params["preset"], kernel=params["kernel"],
-                config=zssr_config(settings, params["preset"]) if params["method"] == "zssr" else None,
-                device=settings.device, seed=params.get("seed"),
-                progress=control.progress, should_stop=control.should_stop,
-                **_checkpoint_hooks(job_id, params, control))
+            output = upscale_job(image, params, settings, control, _checkpoint_to_resume(job_id, params, control))
             data = encode(output, params["output_format"])
             if settings.test_hooks_enabled and settings.test_hook_seed in (None, params.get("seed")):
                 control.pause_before_result(settings.test_pause_before_result_seconds,
@@ -79,14 +72,15 @@ def run_job(self, job_id: str) -> None:
     _end(job_id, token, "succeeded", fields, params["method"], started, result=data)
 
 
-def _checkpoint_hooks(job_id: str, params: dict, control: RunControl) -> dict:
-    """sr's checkpoint/resume arguments: save into the store, resume from what an earlier run saved."""
+def _checkpoint_to_resume(job_id: str, params: dict, control: RunControl) -> bytes | None:
+    """The training state an earlier run of this job saved (a run killed, handed back or lapsed), if any."""
     if params["method"] != "zssr" or not SR_CHECKPOINTS:
-        return {}
+        return None
     resume = store.load_checkpoint(job_id)
     if resume is not None:
         log.info("job %s: resuming from a checkpoint of %d bytes", job_id, len(resume))
-    return {"checkpoint": control.save_checkpoint, "resume": resume}
+        control.note_resumed()
+    return resume
 
 
 def _stop(job_id: str, token: str, control: RunControl, job: dict[str, str], started: float) -> None:
