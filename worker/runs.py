@@ -41,7 +41,7 @@ class RunControl:
         # on. Past it, another worker may own the job, so the run stops at once (even before the renewal
         # thread hears so): a worker that was merely slow never runs on beside the new owner.
         self.lease_seconds = settings.lease_seconds
-        self.lease_held_until = started + self.lease_seconds - _lease_margin(self.lease_seconds)
+        self.lease_held_until = started + self.lease_seconds - lease_margin(self.lease_seconds)
         self.stop_reason: str | None = None  # "canceled" | "timeout" | "shutdown" | "lease_lost"
         self.train_steps: int | None = None
         self._last_progress_write = float("-inf")
@@ -96,7 +96,7 @@ class RunControl:
         sent = time.monotonic()
         if not self.store.renew_lease(self.job_id, self.token, self.lease_seconds):
             return False
-        self.lease_held_until = sent + self.lease_seconds - _lease_margin(self.lease_seconds)
+        self.lease_held_until = sent + self.lease_seconds - lease_margin(self.lease_seconds)
         return True
 
     def pause_before_result(self, pause_seconds: float, hang_seconds: float) -> None:
@@ -121,7 +121,7 @@ class RunControl:
         return False
 
 
-def _lease_margin(lease_seconds: float) -> float:
+def lease_margin(lease_seconds: float) -> float:
     # The lease's clock starts when Redis gets the renewal, after it was sent; the margin absorbs a late step.
     return min(1.0, lease_seconds / 10)
 
