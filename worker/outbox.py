@@ -93,8 +93,9 @@ class WebhookSender:
             try:
                 if free:
                     claimed = self.store.claim_events(limit=free, claim_seconds=claim_seconds)
-            except Exception:
+            except Exception:  # Redis away: try again in a second rather than five times a second
                 log.warning("could not claim webhook events; retrying", exc_info=True)
+                self._done.wait(1.0)
             for _ in range(free - len(claimed)):
                 self._slots.release()
             for event in claimed:

@@ -31,9 +31,10 @@ CANCEL_CHECK_SECONDS = 0.2  # how often should_stop asks Redis for the cancel fl
 class RunControl:
     """The `progress` and `should_stop` callbacks that one run hands to `sr.upscale`."""
 
-    def __init__(self, store: JobStore, job_id: str, token: str, settings: Settings):
+    def __init__(self, store: JobStore, job_id: str, token: str, settings: Settings, *, leased_at: float):
+        """`leased_at`: time.monotonic() just before begin_run took the lease (its clock starts no earlier)."""
         self.store, self.job_id, self.token = store, job_id, token
-        started = time.monotonic()
+        started = leased_at
         self.deadline = started + settings.job_time_limit_seconds
         self.progress_interval = settings.progress_interval_seconds
         self.lease_lost = threading.Event()

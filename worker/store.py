@@ -651,9 +651,12 @@ class JobStore:
 
     # --- the reaper: lapsed leases and queued jobs whose message went missing
 
+    def running_ids(self) -> list[str]:
+        return [_text(i) for i in self.redis.zrange(RUNNING_KEY, 0, -1)]
+
     def lapsed_runs(self) -> list[tuple[str, str]]:
         """(id, queue) of the running jobs whose lease is gone (their worker stopped renewing it)."""
-        ids = [_text(i) for i in self.redis.zrange(RUNNING_KEY, 0, -1)]
+        ids = self.running_ids()
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)

@@ -33,6 +33,7 @@ store = JobStore(settings.redis_url, tombstone_seconds=settings.tombstone_second
 @app.task(name=RUN_JOB, bind=True)
 def run_job(self, job_id: str) -> None:
     token = secrets.token_hex(8)
+    leased_at = time.monotonic()
     begun = store.begin_run(job_id, token, worker=self.request.hostname or "worker",
                             lease_seconds=settings.lease_seconds)
     if begun.outcome != "started":
@@ -44,7 +45,7 @@ def run_job(self, job_id: str) -> None:
         store.observe_seconds("queue", params["method"], max(0.0, time.time() - float(job["created_at"])))
         if job.get("webhook_url"):  # the job.started event was scheduled by begin_run; its body is the job now
             store.keep_event_body(job_id, "job.started", webhooks.event_body("job.started", store.public(job_id)))
-    control = RunControl(store, job_id, token, settings)
+    control = RunControl(store, job_id, token, settings, leased_at=leased_at)
     started = time.monotonic()
     with keep_lease(store, job_id, token, settings, control):
         try:

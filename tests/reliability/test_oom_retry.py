@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 
 import pytest
 from PIL import Image
@@ -45,10 +46,11 @@ def test_a_cuda_out_of_memory_in_inference_is_retried_with_smaller_tiles(store, 
     torch.cuda.set_per_process_memory_fraction(min(1.0, 1.5 * 2**30 / total))  # 1.5 GiB for this process
     try:
         overrides = {"fast": {"max_iters": 20, "inference_memory_mb": 4096, "output_flip": False}}
-        settings = Settings(redis_url=redis_server.url, device="cuda", zssr_overrides=overrides)
+        settings = Settings(redis_url=redis_server.url, device="cuda", zssr_overrides=overrides,
+                            lease_seconds=3600)  # no lease thread here: the run must not stop itself
         image = Image.effect_noise((1024, 1024), 60).convert("RGB")  # a 2048x2048 output: one tile of ~4 GiB at first
         job_id, token = "gpu-oom-" + secrets.token_hex(8), secrets.token_hex(8)
-        control = RunControl(store, job_id, token, settings)
+        control = RunControl(store, job_id, token, settings, leased_at=time.monotonic())
         params = {"method": "zssr", "preset": "fast", "scale": 2.0, "kernel": "bicubic", "seed": 1}
         with caplog.at_level(logging.WARNING):
             output = upscale_job(image, params, settings, control, resume=None)
