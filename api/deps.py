@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from api.errors import ApiError
 from worker.settings import Settings
-from worker.store import AsyncJobStore, Lookup, is_job_id
+from worker.store import AsyncJobStore, Lookup, RateLimit, is_job_id
 
 OPEN_ACCESS_OWNER = "open"
 
@@ -68,12 +68,16 @@ def authenticate(request: Request, settings: Settings) -> str:
     return owner_of(presented.decode())
 
 
-async def enforce_rate_limit(owner: str, settings: Settings, store: AsyncJobStore) -> None:
-    """At most UPSCALER_RATE_LIMIT_PER_SECOND requests a second per key (bursts of UPSCALER_RATE_LIMIT_BURST),
-    counted in Redis so every API process shares the count; 429 with Retry-After beyond it."""
+def rate_limit_for(owner: str, settings: Settings) -> RateLimit | None:
+    """The key's request-rate limit: UPSCALER_RATE_LIMIT_PER_SECOND, bursts of UPSCALER_RATE_LIMIT_BURST."""
     if not settings.rate_limit_per_second:
-        return
-    wait = await store.take_request(owner, per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst)
+        return None
+    return RateLimit(owner, settings.rate_limit_per_second, settings.rate_limit_burst)
+
+
+def refuse_if_limited(wait: float, settings: Settings) -> None:
+    """429 with Retry-After when the key's request was over its rate (counted in Redis, so every API process
+    shares the count)."""
     if wait:
         raise ApiError(429, "rate_limited", f"more than {settings.rate_limit_per_second:g} requests a second "
                                             "with this key; slow down", {"Retry-After": str(max(1, math.ceil(wait)))})
@@ -86,7 +90,9 @@ async def get_current_key(request: Request) -> str:
     dependencies): FastAPI's cost grows with every dependency a route resolves."""
     state = request.app.state
     owner = authenticate(request, state.settings)
-    await enforce_rate_limit(owner, state.settings, state.store)
+    rate = rate_limit_for(owner, state.settings)
+    if rate is not None:
+        refuse_if_limited(await state.store.take_request(rate), state.settings)
     return owner
 
 
@@ -100,11 +106,19 @@ class OwnedJob:
     deliveries: list[str]
 
 
-async def get_job_or_404(store: StoreDep, owner: CurrentKey,
-                         job_id: Annotated[str, Path(description="the job id")]) -> OwnedJob:
+async def get_job_or_404(request: Request, job_id: Annotated[str, Path(description="the job id")]) -> OwnedJob:
+    """The caller's job, or 404 (also for another key's job), or 410 (expired). Authenticates and counts the
+    request like CurrentKey, the count riding in the same Redis round trip as the read (polls are the most
+    frequent request)."""
+    state = request.app.state
+    owner = authenticate(request, state.settings)
+    rate = rate_limit_for(owner, state.settings)
     if not is_job_id(job_id):
+        if rate is not None:
+            refuse_if_limited(await state.store.take_request(rate), state.settings)
         raise ApiError(404, "job_not_found", "no such job")
-    found: Lookup = await store.lookup(job_id)
+    found: Lookup = await state.store.lookup(job_id, rate=rate)
+    refuse_if_limited(found.rate_wait, state.settings)
     if found.visible_to(owner):
         return OwnedJob(job_id, found.fields, found.deliveries)
     if found.expired_for(owner):

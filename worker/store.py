@@ -495,6 +495,7 @@ class Lookup:
     fields: dict[str, str] | None
     deliveries: list[str]
     tomb_owner: str | None
+    rate_wait: float = 0.0  # when the read also counted a request: seconds to wait, 0.0 if it was allowed
 
     def visible_to(self, owner: str) -> bool:
         return self.fields is not None and self.fields.get("owner") == owner
@@ -550,6 +551,22 @@ def _connection_retry() -> dict[str, Any]:
     # Ride out a Redis restart of a few seconds instead of failing a job over it.
     return {"retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One key's request-rate limit (GCRA, see _RATE_LIMIT)."""
+    owner: str
+    per_second: float
+    burst: int
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}rate:{self.owner}"
+
+    @property
+    def args(self) -> list:
+        return [1000.0 / self.per_second, self.burst]
 
 
 class BeginResult(NamedTuple):
@@ -787,17 +804,25 @@ class AsyncJobStore:
         return bool(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
                                                          message)))
 
-    async def take_request(self, owner: str, *, per_second: float, burst: int) -> float:
-        """Count one request of `owner`: 0.0 if allowed, else the seconds to wait before the next one."""
-        allowed, wait_ms = await self._rate(keys=[f"{PREFIX}rate:{owner}"], args=[1000.0 / per_second, burst])
+    async def take_request(self, rate: RateLimit) -> float:
+        """Count one request of `rate.owner`: 0.0 if allowed, else the seconds to wait before the next one."""
+        allowed, wait_ms = await self._rate(keys=[rate.key], args=rate.args)
         return 0.0 if allowed else int(wait_ms) / 1000
 
-    async def lookup(self, job_id: str) -> Lookup:
+    async def lookup(self, job_id: str, *, rate: RateLimit | None = None) -> Lookup:
+        """The job, its deliveries and its tombstone; with `rate`, the request is counted in the same round trip."""
         keys = JobKeys.of(job_id)
         pipe = self.redis.pipeline(transaction=False)
+        if rate is not None:
+            await self._rate(keys=[rate.key], args=rate.args, client=pipe)  # queued, sent with the reads
         pipe.hgetall(keys.job).lrange(keys.deliveries, 0, -1).get(keys.tomb)
-        fields, deliveries, tomb = await pipe.execute()
-        return Lookup(_decode(fields) or None, [_text(d) for d in deliveries], _text(tomb))
+        replies = await pipe.execute()
+        wait = 0.0
+        if rate is not None:
+            (allowed, wait_ms), replies = replies[0], replies[1:]
+            wait = 0.0 if allowed else int(wait_ms) / 1000
+        fields, deliveries, tomb = replies
+        return Lookup(_decode(fields) or None, [_text(d) for d in deliveries], _text(tomb), wait)
 
     async def result(self, job_id: str) -> bytes | None:
         return await self.redis.get(JobKeys.of(job_id).result)
@@ -869,5 +894,5 @@ def histogram_from_stats(stats: dict[str, str], metric: str) -> dict[str, tuple[
     return result
 
 
-__all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "BeginResult", "ClaimedEvent", "public_job",
+__all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "RateLimit", "BeginResult", "ClaimedEvent", "public_job",
            "new_job_fields", "new_job_id", "is_job_id", "TERMINAL", "ACTIVE", "STATUSES", "histogram_from_stats"]
