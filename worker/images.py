@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+MIN_SIDE = 4  # the sr core refuses images (or regions) with a side under 4 pixels: refused before a job exists
 OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Modes the sr core takes as they are; everything else is converted first (see `normalize_mode`).
 SR_MODES = ("RGB", "RGBA", "L", "LA", "I;16")

@@ -19,7 +19,7 @@ from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
 from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
-from worker.images import OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
+from worker.images import MIN_SIDE, OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
 from worker.settings import METHOD_QUEUE, Settings
 from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
 from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
@@ -128,6 +128,9 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
     if params.crop:
         check_crop(params.crop, info.width, info.height)
     upscaled = (params.crop.width, params.crop.height) if params.crop else (info.width, info.height)
+    if min(upscaled) < MIN_SIDE:
+        raise ApiError(422, "image_too_small", f"the image (or region) is {upscaled[0]}x{upscaled[1]}; each side must "
+                                               f"be at least {MIN_SIDE} pixels")
     width, height = output_size(*upscaled, params.scale)
     if width * height > settings.max_output_pixels:
         raise ApiError(422, "output_too_large", f"the output would be {width}x{height} = {width * height} pixels; "

@@ -65,7 +65,9 @@ def _file_cases() -> list[Case]:
     bombs = ["bomb-100000x100000.png", "bomb-65000x65000.jpg", "bomb-65535x65535.gif", "bomb-50000x50000.bmp",
              "bomb-70000x70000.tif"]
     cases += [Case(f"file:{name}", 422, "image_too_large", file=name) for name in bombs]
-    valid = ["1x1.png", "3x5000.png", "animated.gif", "animated.png", "cmyk.jpg", "palette.png",
+    cases += [Case(f"file:{name} (a side under 4 pixels)", 422, "image_too_small", file=name)
+              for name in ("1x1.png", "3x5000.png")]
+    valid = ["animated.gif", "animated.png", "cmyk.jpg", "palette.png",
              "palette-transparent.png", "gray16.png", "rgb16.png", "rgba.png", "la.png", "bilevel.png", "float.tif",
              "exif-rotated.jpg", "polyglot-png-html.png", "polyglot-jpeg-zip.jpg", "polyglot-gif-js.gif"]
     cases += [Case(f"file:{name}", 202, file=name, final="succeeded") for name in valid]
@@ -86,7 +88,7 @@ def _parameter_cases() -> list[Case]:
     for name, values in bad.items():
         for value in values:
             code = "webhook_url_refused" if name == "webhook_url" else "invalid_parameters"
-            cases.append(Case(f"field:{name}={value!r}", 422, code, file="1x1.png",
+            cases.append(Case(f"field:{name}={value!r}", 422, code, file="rgba.png",
                               fields={"method": "bicubic", name: value}))
     return cases
 
@@ -95,15 +97,15 @@ def _request_cases() -> list[Case]:
     over = LIMITS["max_upload_bytes"] + 200 * 1024
     return [
         # content types: the part's declared type is not trusted either way (the bytes decide)
-        Case("part type image/gif on a PNG", 202, file="1x1.png", part_type="image/gif", final="succeeded"),
-        Case("part without a content type", 202, file="1x1.png", part_type=None, final="succeeded"),
-        Case("part typed text/html", 202, file="1x1.png", part_type="text/html", final="succeeded"),
+        Case("part type image/gif on a PNG", 202, file="rgba.png", part_type="image/gif", final="succeeded"),
+        Case("part without a content type", 202, file="rgba.png", part_type=None, final="succeeded"),
+        Case("part typed text/html", 202, file="rgba.png", part_type="text/html", final="succeeded"),
         Case("body typed text/plain", 415, "unsupported_media_type", content=b"hello",
              headers={"content-type": "text/plain"}),
         Case("body with no content type", 415, "unsupported_media_type", content=b"\x89PNG"),
         Case("urlencoded form", 415, "unsupported_media_type", fields={"scale": "2"}),
         Case("raw PNG body typed image/png", 415, "unsupported_media_type",
-             content=(CORPUS / "1x1.png").read_bytes(), headers={"content-type": "image/png"}),
+             content=(CORPUS / "rgba.png").read_bytes(), headers={"content-type": "image/png"}),
         Case("multipart without a boundary", 400, "bad_request", content=b"--x\r\n",
              headers={"content-type": "multipart/form-data"}),
         Case("multipart with a garbage body", 400, "bad_request", content=b"--nope\r\n\r\n",
@@ -113,7 +115,7 @@ def _request_cases() -> list[Case]:
             headers={"content-type": MULTIPART}),
         Case("two image parts", 400, "bad_request", content=b"".join(
             b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n" + (CORPUS / "1x1.png").read_bytes() + b"\r\n" for _ in range(2))
+            b"Content-Type: image/png\r\n\r\n" + (CORPUS / "rgba.png").read_bytes() + b"\r\n" for _ in range(2))
             + b"--hostile-boundary--\r\n", headers={"content-type": MULTIPART}),
         # bodies over the limit, declared and not
         Case("multipart body over the limit, with Content-Length", 413, "payload_too_large",
@@ -133,7 +135,7 @@ def _request_cases() -> list[Case]:
              json={"image_base64": base64.b64encode(b"<svg/>").decode()}),
         Case("JSON: base64 of a decompression bomb", 422, "image_too_large",
              json={"image_base64": b64("bomb-100000x100000.png"), "method": "bicubic"}),
-        Case("JSON: a data: URL", 202, json={"image_base64": "data:image/png;base64," + b64("1x1.png"),
+        Case("JSON: a data: URL", 202, json={"image_base64": "data:image/png;base64," + b64("rgba.png"),
                                              "method": "bicubic"}, final="succeeded"),
         Case("JSON: image_base64 is a number", 422, "invalid_parameters", json={"image_base64": 12}),
         Case("JSON: no image", 422, "invalid_parameters", json={"scale": 2}),
@@ -146,17 +148,17 @@ def _request_cases() -> list[Case]:
         Case("JSON: not UTF-8", 422, "invalid_json", content=b'{"image_base64": "\xff\xfe"}',
              headers={"content-type": "application/json"}),
         Case("JSON: NaN scale", 422, "invalid_parameters",
-             content=b'{"image_base64": "' + b64("1x1.png").encode() + b'", "scale": NaN}',
+             content=b'{"image_base64": "' + b64("rgba.png").encode() + b'", "scale": NaN}',
              headers={"content-type": "application/json"}),
         Case("JSON: scale 1e400", 422, "invalid_parameters",
-             content=b'{"image_base64": "' + b64("1x1.png").encode() + b'", "scale": 1e400}',
+             content=b'{"image_base64": "' + b64("rgba.png").encode() + b'", "scale": 1e400}',
              headers={"content-type": "application/json"}),
         Case("JSON: unknown preset", 422, "invalid_parameters",
-             json={"image_base64": b64("1x1.png"), "preset": "ultra"}),
-        Case("JSON: unknown method", 422, "invalid_parameters", json={"image_base64": b64("1x1.png"),
+             json={"image_base64": b64("rgba.png"), "preset": "ultra"}),
+        Case("JSON: unknown method", 422, "invalid_parameters", json={"image_base64": b64("rgba.png"),
                                                                         "method": "waifu2x"}),
         Case("JSON: 200 unknown keys", 422, "invalid_parameters",
-             json={"image_base64": b64("1x1.png"), **{f"k{i}": i for i in range(200)}}),
+             json={"image_base64": b64("rgba.png"), **{f"k{i}": i for i in range(200)}}),
         # other routes
         Case("list: limit=-1", 422, "invalid_parameters", method="GET", path="/v1/jobs?limit=-1"),
         Case("list: limit=abc", 422, "invalid_parameters", method="GET", path="/v1/jobs?limit=abc"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from worker.images import MIN_SIDE
 from worker.runs import lease_margin
 from worker.settings import Settings, UnsafeSettings
 
@@ -31,3 +32,8 @@ def test_test_hooks_are_refused_outside_local_mode(hook):
     with pytest.raises(UnsafeSettings, match="test"):
         Settings(**deployable, **{hook: 1}).check_deployable(bind_host="0.0.0.0")
     Settings(**{hook: 1}).check_deployable(bind_host="127.0.0.1")  # local mode: the tests' own stacks
+
+
+def test_the_api_refuses_images_too_small_for_sr_before_a_job_exists():
+    core = pytest.importorskip("sr.images", reason="the ZSSR core has not landed yet")
+    assert MIN_SIDE == core.MIN_SIDE
