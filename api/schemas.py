@@ -118,6 +118,7 @@ class WebhookDelivery(BaseModel):
     error: str | None
     outcome: Literal["delivered", "retrying", "gave_up", "refused"]
     at: float
+    next_attempt_at: float | None = None  # when a `retrying` attempt's event is due again
 
 
 class JobWebhook(BaseModel):
