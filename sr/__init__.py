@@ -4,27 +4,12 @@ Interim surface: `method="bicubic"` works; `method="zssr"` lands with the core (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from PIL import Image
 
-
-class Cancelled(Exception):
-    """Raised inside `upscale` when `should_stop()` returned True."""
-
-
-class InvalidInput(ValueError):
-    """The image or a parameter cannot be processed; the message says why, in one sentence."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    phase: str  # "training" | "inference"
-    step: int
-    total_steps: int  # an upper bound: training may stop earlier
-    loss: float | None = None
-    learning_rate: float | None = None
+from sr.errors import Cancelled, InvalidInput
+from sr.progress import Progress
 
 
 def upscale(image: Image.Image, scale: float | tuple[float, float] = 2.0, *, method: str = "zssr",
