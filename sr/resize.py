@@ -82,8 +82,9 @@ def _kernel_downscale(image: torch.Tensor, kernel: torch.Tensor, size: tuple[int
 
 
 def _subsample_indices(length: int, out_length: int, scale: float, device: torch.device) -> torch.Tensor:
-    # The reference's numeric_kernel: np.round(np.linspace(0, length - 1 / scale, out_length))
-    positions = np.round(np.linspace(0, length - 1 / scale, out_length)).astype(np.int64)
+    # The reference's numeric_kernel: np.round(np.linspace(0, length - 1 / scale_factor, out_length)), where its
+    # scale_factor is the downscale 1 / sf
+    positions = np.round(np.linspace(0, length - scale, out_length)).astype(np.int64)
     return torch.from_numpy(np.clip(positions, 0, length - 1)).to(device)
 
 
