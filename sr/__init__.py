@@ -1,25 +1,15 @@
 """ZSSR core: per-image training and patch-wise inference, pure PyTorch + Pillow + NumPy.
 
-Interim surface: `method="bicubic"` works; `method="zssr"` lands with the core (issue 2).
+`sr.upscale(image, scale, method="zssr" | "bicubic", preset=..., config=...)`; presets and config in sr.config,
+the algorithm in sr.train / sr.inference / sr.zssr (SPEC-zssr.md); image I/O in sr.images; metrics in sr.metrics.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from PIL import Image
-
+from sr.config import BALANCED, FAST, PAPER, PRESETS, ZSSRConfig, config_for
 from sr.errors import Cancelled, InvalidInput
+from sr.metrics import psnr, ssim
 from sr.progress import Progress
+from sr.zssr import upscale
 
-
-def upscale(image: Image.Image, scale: float | tuple[float, float] = 2.0, *, method: str = "zssr",
-            preset: str = "balanced", kernel="bicubic", config=None, device: str | None = None,
-            seed: int | None = None, progress: Callable[[Progress], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Image.Image:
-    sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
-    if method not in ("zssr", "bicubic"):
-        raise InvalidInput(f"unknown method {method!r}; expected 'zssr' or 'bicubic'")
-    if method == "zssr":
-        raise NotImplementedError("the ZSSR core lands with issue 2")
-    size = (round(image.width * sx), round(image.height * sy))
-    return image.resize(size, Image.Resampling.BICUBIC)
+__all__ = ["upscale", "ZSSRConfig", "config_for", "PRESETS", "PAPER", "BALANCED", "FAST", "Progress", "Cancelled",
+           "InvalidInput", "psnr", "ssim"]
