@@ -367,7 +367,7 @@ def _to_planes(image: torch.Tensor | Image.Image) -> torch.Tensor:
         return tensor[None].clamp(0, 1)
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[0] != 1:
         raise InvalidInput("kernel estimation needs a PIL image or a tensor [1,C,H,W] in [0,1]")
-    return image.detach().float()
+    return image.detach().float().cpu()
 
 
 def _grey(planes: np.ndarray) -> np.ndarray:
