@@ -401,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "only), blind (kernel set with ZSSR), jpeg, arch")
     parser.add_argument("--images", default=",".join(PHOTOS + SET14_DEFAULT),
                         help="comma-separated scikit-image photo names and Set14 file stems")
-    parser.add_argument("--crop", type=int, default=192, help="high-resolution centre crop side")
+    parser.add_argument("--crop", type=int, default=320, help="high-resolution centre crop side")
     parser.add_argument("--sf", default="2", help="kernel set scale factors: 2, 4 or 2,4")
     parser.add_argument("--preset", default="fast", choices=("fast", "balanced", "paper"))
     parser.add_argument("--config", type=Path, help="a JSON object of ZSSRConfig overrides")
@@ -412,6 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
+    parser.add_argument("--json-out", type=Path, help="also write the rows as JSON to this file")
     return parser.parse_args(argv)
 
 
@@ -457,8 +458,11 @@ def main(argv: list[str] | None = None) -> int:
                    for name in args.arch_images.split(",") if name]
         report["arch_speed"], report["arch_quality"] = speed, quality
 
+    as_json = json.dumps({key: [asdict(row) for row in rows] for key, rows in report.items()}, indent=1)
+    if args.json_out:
+        args.json_out.write_text(as_json)
     if args.json:
-        print(json.dumps({key: [asdict(row) for row in rows] for key, rows in report.items()}, indent=1))
+        print(as_json)
         return 0
     if "kernel" in report:
         print_kernel_table(report["kernel"])
