@@ -38,7 +38,7 @@ def ensemble_transforms(size: int, axes_may_swap: bool) -> list[int]:
     return list(allowed[:: len(allowed) // size])[:size]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FatherSource:
     image: torch.Tensor  # [1,C,H,W] on the device
     base_scale: float  # its scale relative to the input (1.0 for the input, a stage's sf for that stage's output)
@@ -85,7 +85,7 @@ class FatherPool:
         if chooser < as_is:
             return self._random_crop(self.sources[0].image)
         if chooser < as_is + self.config.augment_no_interpolate_probability:
-            source = self._source_for(self._random_scale())
+            source = self.sources[self._source_index(self._random_scale())]
             crop = self._random_crop(source.image)
             if not self.rotations:
                 return crop
@@ -97,9 +97,9 @@ class FatherPool:
         low = min(self.config.augment_min_scale, self.max_scale)
         return low + self._uniform() * (self.max_scale - low)
 
-    def _source_for(self, scale: float) -> FatherSource:
+    def _source_index(self, scale: float) -> int:
         # The reference: the smallest source whose scale is at least the wanted one
-        return next((s for s in self.sources if s.base_scale > scale - 1e-6), self.sources[-1])
+        return next((i for i, s in enumerate(self.sources) if s.base_scale > scale - 1e-6), len(self.sources) - 1)
 
     def _random_crop(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
@@ -117,62 +117,59 @@ class FatherPool:
         return father
 
     def _warp_bank(self) -> None:
-        """`augment_pool_size` affine fathers at once: one grid_sample per source image."""
+        """`augment_pool_size` affine fathers at once, drawn and warped as batches (one grid_sample per source)."""
         self._cursor = 0
-        count = self.config.augment_pool_size
-        by_source: dict[int, list[torch.Tensor]] = {}
-        order: list[tuple[int, int]] = []
-        for _ in range(count):
-            scale = self._bank_uniform() * (self.max_scale - min(self.config.augment_min_scale, self.max_scale)) \
-                + min(self.config.augment_min_scale, self.max_scale)
-            index = self.sources.index(self._source_for(scale))
-            grid = self._affine_grid(self.sources[index].image, scale / self.sources[index].base_scale)
-            by_source.setdefault(index, []).append(grid)
-            order.append((index, len(by_source[index]) - 1))
-        warped = {index: self._warp(self.sources[index].image, grids) for index, grids in by_source.items()}
-        self._bank = torch.cat([warped[index][position:position + 1] for index, position in order])
-
-    def _bank_uniform(self) -> float:
-        return float(torch.rand((), generator=self.bank_generator))
-
-    def _bank_normal(self) -> float:
-        return float(torch.randn((), generator=self.bank_generator))
-
-    def _affine_grid(self, image: torch.Tensor, scale: float) -> torch.Tensor:
-        """The sampling grid [crop, crop, 2] of one warped father: scale (with an x/y difference and a mirror),
-        rotation and shear as in the reference, cropped at a random place inside the warped image."""
-        config = self.config
-        scale_diff = self._bank_normal() * config.augment_scale_diff_sigma
-        reflect = (1.0 if self._bank_normal() >= 0 else -1.0) if self.rotations else 1.0
-        theta = self._bank_uniform() * 2 * math.pi if self.rotations else 0.0
-        shear_x, shear_y = self._bank_normal() * config.augment_shear_sigma, self._bank_normal() * config.augment_shear_sigma
-        scale_mat = torch.tensor([[reflect * (scale + scale_diff / 2), 0.0], [0.0, scale - scale_diff / 2]])
-        rotation = torch.tensor([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
-        shear = torch.tensor([[1.0, shear_x], [shear_y, 1.0]])
-        source_to_father = shear @ rotation @ scale_mat  # 2x2, (x, y) of the source -> of the father
-        father_to_source = torch.linalg.inv(source_to_father.double()).float()
+        count, config, gen = self.config.augment_pool_size, self.config, self.bank_generator
+        low = min(config.augment_min_scale, self.max_scale)
+        scales = low + torch.rand(count, generator=gen, dtype=torch.float64) * (self.max_scale - low)
+        sources = [self._source_index(float(scale)) for scale in scales]
+        base_scales = torch.tensor([self.sources[i].base_scale for i in sources], dtype=torch.float64)
+        father_to_source = self._random_affine_inverses(scales / base_scales)  # [n,2,2]
         side = self.crop_size
-        coords = torch.arange(side, dtype=torch.float32) - (side - 1) / 2
+        coords = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
         ys, xs = torch.meshgrid(coords, coords, indexing="ij")
-        offsets = torch.stack([xs, ys], dim=-1) @ father_to_source.T  # [side, side, 2] (x, y) in the source
-        height, width = image.shape[-2:]
-        reach = offsets.abs().flatten(0, 1).max(0).values  # how far the crop reaches from its centre
-        centre_x = self._random_between(reach[0].item(), width - 1 - reach[0].item())
-        centre_y = self._random_between(reach[1].item(), height - 1 - reach[1].item())
-        points = offsets + torch.tensor([centre_x, centre_y])
+        offsets = torch.stack([xs, ys], dim=-1).reshape(1, side * side, 2) @ father_to_source.transpose(1, 2)
+        # How far each crop reaches from its centre: the warped corners, |A^-1| (h, h)
+        reach = father_to_source.abs() @ torch.full((2, 1), (side - 1) / 2, dtype=torch.float64)  # [n,2,1]
+        sizes = torch.tensor([list(self.sources[i].image.shape[-1:-3:-1]) for i in sources],
+                             dtype=torch.float64)  # [n,2] (W, H)
+        low_centre, high_centre = reach[..., 0], sizes - 1 - reach[..., 0]
+        fraction = torch.rand(count, 2, generator=gen, dtype=torch.float64)
+        # A crop larger than its image is centred (reflection fills the rest)
+        centres = torch.where(high_centre > low_centre, low_centre + fraction * (high_centre - low_centre),
+                              (low_centre + high_centre) / 2)
+        points = offsets + centres[:, None, :]  # [n, side*side, 2] (x, y) in the source
         # grid_sample's normalised coordinates (align_corners=False): -1 and 1 are the outer pixel edges
-        return torch.stack([(2 * points[..., 0] + 1) / width - 1, (2 * points[..., 1] + 1) / height - 1], dim=-1)
+        grids = ((2 * points + 1) / sizes[:, None, :] - 1).float().reshape(count, side, side, 2)
+        bank = torch.empty(count, self.sources[0].image.shape[1], side, side, device=self.sources[0].image.device)
+        for index in sorted(set(sources)):
+            members = torch.tensor([n for n, i in enumerate(sources) if i == index])
+            bank[members.to(bank.device)] = self._warp(self.sources[index].image, grids[members])
+        self._bank = bank
 
-    def _random_between(self, low: float, high: float) -> float:
-        if high <= low:  # the warped crop is larger than the image: centre it (reflection fills the rest)
-            return (low + high) / 2
-        return low + self._bank_uniform() * (high - low)
+    def _random_affine_inverses(self, scales: torch.Tensor) -> torch.Tensor:
+        """[n,2,2] father -> source maps of the reference's warp: scale with an x/y difference and a mirror,
+        rotation, shear (source -> father = shear @ rotation @ scale)."""
+        count, config, gen = scales.shape[0], self.config, self.bank_generator
+        scale_diff = torch.randn(count, generator=gen, dtype=torch.float64) * config.augment_scale_diff_sigma
+        mirror = torch.randn(count, generator=gen, dtype=torch.float64).sign()
+        theta = torch.rand(count, generator=gen, dtype=torch.float64) * 2 * math.pi
+        shear = torch.randn(count, 2, generator=gen, dtype=torch.float64) * config.augment_shear_sigma
+        if not self.rotations:
+            mirror, theta = torch.ones_like(mirror), torch.zeros_like(theta)
+        zeros, ones = torch.zeros_like(scales), torch.ones_like(scales)
+        scale_mat = torch.stack([torch.stack([mirror * (scales + scale_diff / 2), zeros], -1),
+                                 torch.stack([zeros, scales - scale_diff / 2], -1)], -2)
+        cos, sin = theta.cos(), theta.sin()
+        rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+        shear_mat = torch.stack([torch.stack([ones, shear[:, 0]], -1), torch.stack([shear[:, 1], ones], -1)], -2)
+        return torch.linalg.inv(shear_mat @ rotation @ scale_mat)
 
-    def _warp(self, image: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
-        """[n,C,crop,crop] fathers from one source: the n grids stacked along the height, one grid_sample call
-        (batch 1, so the source is never copied n times)."""
+    def _warp(self, image: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        """[n,C,crop,crop] fathers from one source: the n grids [n,crop,crop,2] stacked along the height, one
+        grid_sample call (batch 1, so the source is never copied n times)."""
         side = self.crop_size
-        grid = torch.cat(grids, dim=0).reshape(1, len(grids) * side, side, 2).to(image.device)
+        grid = grids.reshape(1, len(grids) * side, side, 2).to(image.device)
         warped = F.grid_sample(image.float(), grid, mode="bicubic", padding_mode="reflection", align_corners=False)
         channels = image.shape[1]
         # [1,C,n*side,side] -> [n,C,side,side]

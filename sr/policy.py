@@ -50,7 +50,7 @@ def is_check_step(iteration: int, state: PolicyState, config: ZSSRConfig) -> boo
 def recent_tests(iteration: int, state: PolicyState, config: ZSSRConfig) -> tuple[list[int], list[float]]:
     """The tests within the last learning_rate_slope_range iterations (the reference: the last range/every ones)."""
     pairs = [(s, e) for s, e in zip(state.test_steps, state.test_errors)
-             if s > iteration - config.learning_rate_slope_range]
+             if iteration - config.learning_rate_slope_range < s <= iteration]
     return [s for s, _ in pairs], [e for _, e in pairs]
 
 

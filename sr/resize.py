@@ -86,7 +86,7 @@ def _kernel_downscale(image: torch.Tensor, kernel: torch.Tensor, size: tuple[int
 
 def _subsample_indices(length: int, out_length: int, scale: float, device: torch.device) -> torch.Tensor:
     # The reference's numeric_kernel: np.round(np.linspace(0, length - 1 / scale_factor, out_length)), where its
-    # scale_factor is the downscale factor 1 / sf: so length - sf (rows 0, sf, 2 sf, ... for an integer sf).
+    # scale_factor is the downscale 1 / sf
     positions = np.round(np.linspace(0, length - scale, out_length)).astype(np.int64)
     return torch.from_numpy(np.clip(positions, 0, length - 1)).to(device)
 
