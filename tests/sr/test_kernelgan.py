@@ -119,6 +119,21 @@ def test_x4_kernel_of_a_box_is_the_bigger_box():
     assert torch.allclose(degradations.degrade_with_kernel(image, box_x4, 4), F.avg_pool2d(image, 4), atol=1e-6)
 
 
+def test_gaussian_of_moments_keeps_the_second_moments():
+    kernel = degradations.random_anisotropic_gaussian_kernel(2, np.random.default_rng(5))
+    fitted = kernelgan.gaussian_of_moments(kernel, sf=2)
+
+    def moments(k):
+        row, col = degradations.kernel_center_of_mass(k)
+        rows, cols = np.meshgrid(np.arange(k.shape[0]) - row, np.arange(k.shape[1]) - col, indexing="ij")
+        return np.array([np.sum(k * rows * rows), np.sum(k * cols * cols), np.sum(k * rows * cols)])
+
+    assert fitted.sum() == pytest.approx(1.0) and fitted.shape[0] % 2 == 1
+    wanted = degradations.aligned_center(fitted.shape[0], 2)
+    assert degradations.kernel_center_of_mass(fitted) == pytest.approx((wanted, wanted), abs=1e-6)
+    assert np.allclose(moments(fitted), moments(kernel), atol=0.1)
+
+
 def test_zero_negligible_taps_keeps_the_largest():
     kernel = np.full((5, 5), 0.001)
     kernel[2, 2], kernel[2, 3], kernel[3, 2] = 0.8, 0.05, 0.05
