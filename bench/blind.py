@@ -50,6 +50,7 @@ from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, son_of  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "ihc")
+SKIMAGE_NAMES = {"ihc": "immunohistochemistry"}
 SET14_DIR = Path("/work/shared/data/Set14")
 SET14_DEFAULT = ("baboon", "comic", "zebra")
 JPEG_QUALITIES = (50, 60, 70, 80, 90)
@@ -63,7 +64,7 @@ def load_photo(name: str, crop: int) -> np.ndarray:
     """An RGB uint8 array: a scikit-image photo or a Set14 file, centre-cropped to at most crop x crop."""
     if name in PHOTOS:
         from skimage import data  # bench-only dependency (dev extra)
-        array = getattr(data, name)()
+        array = getattr(data, SKIMAGE_NAMES.get(name, name))()
     else:
         array = np.asarray(Image.open(SET14_DIR / f"{name}.png").convert("RGB"))
     if array.ndim == 2:

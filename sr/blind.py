@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from sr.config import ZSSRConfig
 from sr.degradations import estimate_noise_std, jpeg_settings
 from sr.errors import InvalidInput
 from sr.progress import Progress
-from sr.resize import Degradation, degradation_for
+from sr.resize import Degradation, cubic_resize, degradation_for
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
     if isinstance(kernel, str) and kernel == "estimate":
         array = estimate_for_scale(color, sf, config, seed=seed, device=device, progress=progress,
                                    should_stop=should_stop)
+        array, shrink = plausible_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
         info["kernel_source"] = "estimate"
+        info["kernel_shrink"] = shrink
         info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
         degradation = degradation_for(array)
     else:
@@ -108,3 +111,59 @@ def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSS
     return kernelgan.estimate_kernel(color, int(sf[0]), iters=config.kernel_estimation_iters, seed=seed,
                                      progress=report, should_stop=should_stop,
                                      device=str(device) if device is not None else None)
+
+
+# --- is the estimated kernel possible at all? -------------------------------------------------------------------
+# KernelGAN over-estimates the blur of images that were soft to begin with. ZSSR then inverts a blur the image
+# never had: over-sharpening that back-projection makes worse (bench/blind.py: chelsea lost 6 dB). A kernel that
+# is too wide cannot explain the input: back-projection from the cubic upsample, kept in [0, 1], leaves a residual
+# far above the input's noise, while the true kernel and narrower ones reach it. So the estimate's covariance is
+# shrunk (the largest factor that passes, by bisection) until its residual is within PLAUSIBLE_RESIDUAL times the
+# noise floor: 8-bit quantisation, or the config's noise_std when higher (denoise="auto" sets it from the image).
+PLAUSIBLE_RESIDUAL = 1.5
+CONSISTENCY_ITERS = 10
+CONSISTENCY_MAX_SIDE = 192  # the check runs on a central crop of the input at most this big
+QUANTISATION_RMS = 1.0 / 255.0 / math.sqrt(12.0)
+SHRINK_STEPS = 5
+
+
+def consistency_residual(lr_image: torch.Tensor, kernel: np.ndarray, sf: int) -> float:
+    """RMS of lr - down_k(sr) after CONSISTENCY_ITERS back-projection steps from the cubic upsample of lr."""
+    degradation = degradation_for(kernel)
+    size = (lr_image.shape[-2] * sf, lr_image.shape[-1] * sf)
+    estimate = cubic_resize(lr_image, size).clamp(0.0, 1.0)
+    for _ in range(CONSISTENCY_ITERS):
+        residual = lr_image - degradation.downscale(estimate, tuple(lr_image.shape[-2:]), (sf, sf))
+        estimate = (estimate + cubic_resize(residual, size)).clamp_(0.0, 1.0)
+    residual = lr_image - degradation.downscale(estimate, tuple(lr_image.shape[-2:]), (sf, sf))
+    return float(residual.pow(2).mean().sqrt())
+
+
+def plausible_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int,
+                     noise_floor: float = 0.0) -> tuple[np.ndarray, float]:
+    """(the kernel, 1.0) when it explains the input; else the widest shrunk Gaussian that does, and its factor."""
+    lr_image = central_crop(color.detach().float().cpu(), CONSISTENCY_MAX_SIDE)
+    floor = max(QUANTISATION_RMS, noise_floor)
+    limit = PLAUSIBLE_RESIDUAL * floor
+    residual = consistency_residual(lr_image, kernel, sf)
+    if residual <= limit:
+        return kernel, 1.0
+    covariance = kernelgan.kernel_covariance(kernel)
+    low, high = 0.0, 1.0  # covariance factors: `low` passes (a delta always does), `high` fails
+    for _ in range(SHRINK_STEPS):
+        middle = (low + high) / 2
+        candidate = kernelgan.gaussian_kernel(covariance * middle, sf)
+        if consistency_residual(lr_image, candidate, sf) <= limit:
+            low = middle
+        else:
+            high = middle
+    log.info("estimated kernel explains the input only to %.4f RMS (limit %.4f): covariance shrunk by %.2f",
+             residual, limit, low)
+    shrunk = kernelgan.gaussian_kernel(covariance * max(low, 1e-3), sf)
+    return shrunk, round(low, 4)
+
+
+def central_crop(image: torch.Tensor, side: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return image[..., top:top + side, left:left + side]

@@ -343,23 +343,34 @@ def zero_negligible_taps(kernel: np.ndarray, n: int) -> np.ndarray:
     return kept / kept.sum()
 
 
-def gaussian_of_moments(kernel: np.ndarray, sf: int) -> np.ndarray:
-    """The anisotropic Gaussian with `kernel`'s second moments, centred for `sf`, on an odd grid of at least
-    +-3.5 standard deviations (along its widest axis) and at least the kernel's own side."""
+def kernel_covariance(kernel: np.ndarray) -> np.ndarray:
+    """The 2x2 covariance (row, col) of a kernel seen as a distribution around its centre of mass."""
     center_row, center_col = kernel_center_of_mass(kernel)
     rows, cols = np.meshgrid(np.arange(kernel.shape[0]) - center_row, np.arange(kernel.shape[1]) - center_col,
                              indexing="ij")
-    covariance = np.array([[np.sum(kernel * rows * rows), np.sum(kernel * rows * cols)],
-                           [np.sum(kernel * rows * cols), np.sum(kernel * cols * cols)]])
-    covariance += np.eye(2) * 1e-3  # a delta-like kernel stays invertible
+    total = kernel.sum()
+    return np.array([[np.sum(kernel * rows * rows), np.sum(kernel * rows * cols)],
+                     [np.sum(kernel * rows * cols), np.sum(kernel * cols * cols)]]) / total
+
+
+def gaussian_kernel(covariance: np.ndarray, sf: int, min_side: int = 1) -> np.ndarray:
+    """The anisotropic Gaussian of `covariance`, drawn at the aligned centre for `sf` (no resampling blur), on an
+    odd grid of at least +-3.5 standard deviations along its widest axis and at least `min_side`."""
+    covariance = covariance + np.eye(2) * 1e-3  # a delta-like kernel stays invertible
     radius = int(math.ceil(3.5 * math.sqrt(float(np.linalg.eigvalsh(covariance)[-1]))))
-    side = max(kernel.shape[0], 2 * radius + 3)
-    offsets = np.arange(side) - ((side - 1) / 2 + (sf - 1) / 2)  # drawn at the aligned centre: no resampling blur
+    side = max(min_side, 2 * radius + 3)
+    side += 1 - side % 2
+    offsets = np.arange(side) - ((side - 1) / 2 + (sf - 1) / 2)
     rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
     precision = np.linalg.inv(covariance)
     gaussian = np.exp(-0.5 * (precision[0, 0] * rows**2 + 2 * precision[0, 1] * rows * cols
                               + precision[1, 1] * cols**2))
     return center_kernel(gaussian / gaussian.sum(), sf)
+
+
+def gaussian_of_moments(kernel: np.ndarray, sf: int) -> np.ndarray:
+    """The anisotropic Gaussian with `kernel`'s second moments, centred for `sf`."""
+    return gaussian_kernel(kernel_covariance(kernel), sf, min_side=kernel.shape[0])
 
 
 def x4_kernel_from_x2(kernel_x2: np.ndarray) -> np.ndarray:
