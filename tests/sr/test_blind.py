@@ -174,3 +174,18 @@ def test_cli_kernel_file_and_bad_kernel(tmp_path, capsys):
     assert cli_main(["upscale", str(source), str(target), "--kernel", str(tmp_path / "none.npy"), "--quiet"]) == 2
     errors = capsys.readouterr().err
     assert "error: --kernel must be" in errors and "cannot read the kernel file" in errors
+
+
+# --- the plausibility check on estimated kernels ---------------------------------------------------------------
+
+def test_a_kernel_too_wide_for_the_image_is_shrunk_and_the_true_one_kept():
+    from sr import blind, kernelgan
+    hr = torch.from_numpy(textured(192, seed=3)).permute(2, 0, 1)[None].float() / 255.0
+    true = kernelgan.gaussian_kernel(np.array([[0.8, 0.2], [0.2, 1.2]]), sf=2)
+    lr = (degradations.degrade_with_kernel(hr, true, 2).clamp(0, 1) * 255).round() / 255
+    kept, factor = blind.plausible_kernel(lr, true, 2)
+    assert factor == 1.0 and kept is true
+    too_wide = kernelgan.gaussian_kernel(np.array([[12.0, 0.0], [0.0, 12.0]]), sf=2)
+    shrunk, factor = blind.plausible_kernel(lr, too_wide, 2)
+    assert 0 < factor < 1 and shrunk.sum() == pytest.approx(1.0)
+    assert blind.consistency_residual(lr, shrunk, 2) < blind.consistency_residual(lr, too_wide, 2)
