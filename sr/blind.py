@@ -2,8 +2,9 @@
 
 `upscale` calls `blind_setup` once per image, before training:
 - kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate" (KernelGAN on the
-  image itself, sr/kernelgan.py, for the target scale x2 or x4). The sons are then made by correlating with the
-  kernel and subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
+  image itself, sr/kernelgan.py, for the target scale x2 or x4, fitted by an anisotropic Gaussian, then shrunk if
+  it cannot explain the input: `plausible_kernel`). The sons are then made by correlating with the kernel and
+  subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
 - JPEG: with config.son_jpeg_quality = -1 (auto, the default) a JPEG input's quality is read from its
   quantisation tables and every son is JPEG-compressed at that quality (and the input's chroma subsampling), so
   the net learns to remove blocking instead of enlarging it; 0 turns it off, 1..100 forces a quality.

@@ -13,6 +13,8 @@ applied to the image, gives crops whose patch distribution cannot be told from t
   boundaries, centred, sparse. Their weights follow the published schedule (`RegularizerSchedule`);
 - the explicit kernel is what G does to a delta. The x4 kernel is the x2 kernel convolved with itself
   dilated by 2 (the image downscaled by 2 twice).
+- post-processing as the reference (negligible taps zeroed, centred), then, beyond it, the anisotropic Gaussian
+  of the kernel's moments (`KernelGANConfig.fit_gaussian`).
 
 Speed: G is linear, so G(x) equals one strided correlation of x with G's explicit kernel. Each step composes
 that 13x13 kernel from the layers (a delta through G, about 30 M multiply-adds) and applies it to the crop,
