@@ -112,7 +112,7 @@ def skimage_photo(name: str) -> Image.Image:
 def report(row: EvalRow, bicubic: EvalRow | None = None) -> None:
     """One line per finished run on stderr, so a long benchmark shows where it is."""
     gain = f", gain {row.psnr - bicubic.psnr:+.2f} dB" if bicubic else ""
-    steps = f", {row.info['train_steps']} steps" if "train_steps" in row.info else ""
+    steps = f", {row.info['train_steps']} steps" if row.info.get("train_steps") else ""
     fallback = f", fallback: {row.info['fallback']}" if row.info.get("fallback") else ""
     print(f"{row.image} {row.method}: {row.psnr:.2f} dB / {row.ssim:.4f}{gain}, {row.wall_seconds:.1f} s wall, "
           f"{row.cpu_seconds:.1f} s CPU{steps}{fallback}", file=sys.stderr, flush=True)
