@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import sr
@@ -115,7 +116,6 @@ def test_the_self_check_falls_back_to_cubic_when_the_net_is_worse(photo):
 
 
 def test_the_self_check_blend_weight():
-    import torch
     target = torch.rand(1, 1, 8, 8)
     cubic = target + 0.1
     assert self_check_blend(target + 0.01, cubic, target) == 1.0  # better than cubic: the net as it is
@@ -141,3 +141,11 @@ def test_alpha_is_upscaled_too(photo, tiny_config):
     result = sr.upscale(rgba, 2, config=tiny_config, seed=0)
     alpha = as_array(result.getchannel("A"))
     assert result.mode == "RGBA" and alpha[0].mean() < alpha[-1].mean()
+
+
+def test_the_thread_count_is_honoured_during_the_call_and_restored_after(photo):
+    before = torch.get_num_threads()
+    seen = []
+    sr.upscale(photo, 2, config=tiny(threads=before + 1), progress=lambda p: seen.append(torch.get_num_threads()),
+               seed=0)
+    assert seen and set(seen) == {before + 1} and torch.get_num_threads() == before
