@@ -7,7 +7,8 @@
   subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
 - JPEG: with config.son_jpeg_quality = -1 (auto, the default) a JPEG input's quality is read from its
   quantisation tables and every son is JPEG-compressed at that quality (and the input's chroma subsampling), so
-  the net learns to remove blocking instead of enlarging it; 0 turns it off, 1..100 forces a quality.
+  the net learns to remove blocking instead of enlarging it; back-projection is then off (it would put the
+  input's blocks back). 0 turns it off, 1..100 forces a quality.
 - noise: denoise="auto" sets noise_std to the noise estimated in the image (sr.degradations.estimate_noise_std);
   "off" keeps the config's noise_std.
 What was decided goes into result.info["sr"] (kernel as a small list of lists, its source, the son JPEG quality,
@@ -72,6 +73,10 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
     quality, subsampling = son_jpeg_quality(image, config)
     info["son_jpeg_quality"] = quality
     degradation = dataclasses.replace(degradation, jpeg_quality=quality, jpeg_subsampling=subsampling)
+    if quality:
+        # Back-projection makes down(output) equal the input, and a compressed input's blocks with it: it undoes
+        # what the JPEG-aware net learnt (bench/blind.py: about +0.3 dB and no grid without it, blocking with it).
+        config = dataclasses.replace(config, back_projection_iters=(0,))
 
     if denoise == "auto":
         noise_std = estimate_noise_std(color)

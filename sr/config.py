@@ -60,6 +60,7 @@ class ZSSRConfig:
     arch: str = "pre"
     # JPEG-compress every lr_son at this quality so the net learns to undo blocking: -1 = auto (the input's own
     # quality, estimated from its quantisation tables, when the input is a JPEG; off otherwise), 0 = off, 1..100.
+    # While it is on, back-projection is off (it would copy the input's blocks into the output).
     son_jpeg_quality: int = -1
     kernel_estimation_iters: int = KERNEL_ESTIMATION_ITERS  # KernelGAN steps for kernel="estimate"
 

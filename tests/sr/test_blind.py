@@ -68,6 +68,17 @@ def test_jpeg_input_sons_are_compressed_at_its_quality(overrides, expected):
     assert result.info["sr"]["son_jpeg_quality"] == expected
 
 
+def test_jpeg_aware_training_turns_back_projection_off():
+    from sr.blind import blind_setup
+    image = as_jpeg(textured(48), 55)
+    color = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255.0
+    config = sr.config_for("fast", TINY)
+    aware = blind_setup(image, color, (2.0, 2.0), "bicubic", config)
+    assert aware.degradation.jpeg_quality == 55 and aware.config.back_projection_iters == (0,)
+    plain = blind_setup(image, color, (2.0, 2.0), "bicubic", sr.config_for("fast", {**TINY, "son_jpeg_quality": 0}))
+    assert plain.degradation.jpeg_quality == 0 and plain.config.back_projection_iters == (1,)
+
+
 def test_png_input_sons_are_not_compressed():
     result = sr.upscale(Image.fromarray(textured(32)), 2, config=sr.config_for("fast", TINY), seed=0, device="cpu")
     assert result.info["sr"]["son_jpeg_quality"] == 0
