@@ -9,13 +9,14 @@ Images: the scikit-image photos astronaut, chelsea, coffee, camera, ihc and a fe
 
 1. Kernel set (x2; --sf 4 for x4): each crop is degraded by a random anisotropic Gaussian kernel drawn with
    the DIV2KRK recipe (seeded per image: every run sees the same kernels), rounded to 8 bits. Reported: PSNR/SSIM
-   (Y, shave sf) of bicubic interpolation, ZSSR with the bicubic assumption, ZSSR with the KernelGAN kernel,
-   ZSSR with the true kernel (the upper bound); the kernel error (MSE of the centred kernels, and "LR PSNR": the
+   (Y, shave sf) of bicubic interpolation, ZSSR with the bicubic assumption, ZSSR with kernel="estimate" (what
+   sr.upscale does: KernelGAN, Gaussian fit, plausibility shrink), ZSSR with the true kernel (the upper bound);
+   "--parts kernel" times KernelGAN alone (its raw reference kernel) against the iteration count; the kernel error (MSE of the centred kernels, and "LR PSNR": the
    crop degraded by the estimated kernel against the crop degraded by the true one, where the bicubic kernel's
    figure is the assumption plain ZSSR makes).
 2. JPEG set (x2): each crop bicubic-downscaled (the standard protocol), then saved as JPEG at a quality in
-   50..90 (cycled per image); ZSSR with plain sons (son_jpeg_quality=0) against JPEG-aware sons (the default:
-   the quality read back from the file's tables). Beside PSNR/SSIM, "blockiness": the mean absolute step across
+   50..90 (cycled per image); ZSSR with plain sons (son_jpeg_quality=0: the reference, back-projection on) against
+   JPEG-aware sons (the default: the quality read back from the file's tables, back-projection off). Beside PSNR/SSIM, "blockiness": the mean absolute step across
    the 8x8 block edges of the input (at 16-pixel spacing in the x2 output) over the mean step elsewhere
    (1.00 = no visible grid; the HR crop's own figure is given for reference).
 3. arch: milliseconds per training step of arch="pre" and arch="post" at the same width, depth and crop, and

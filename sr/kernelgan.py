@@ -45,7 +45,8 @@ from sr.progress import Progress
 log = logging.getLogger(__name__)
 
 PUBLISHED_ITERS = 3000
-# Measured with `bench/blind.py --parts kernel --kernel-sweep 100,300,600,1000,1500,3000` on this 2-core CPU
+# Measured with `bench/blind.py --parts kernel --crop 256 --images astronaut,chelsea --kernel-sweep
+# 100,300,600,1000,1500,3000` (the reference's raw kernel, before the Gaussian fit) on this 2-core CPU
 # (one thread, ~30 ms per step with the explicit-kernel generator): the kernel error does not keep falling after
 # the regulariser schedule has run its course (the bicubic weight decays every 200 steps, the constraints join by
 # step ~400-600); astronaut's LR PSNR of the estimate was 37.7/37.5/45.1/37.4/45.8/42.3 dB at 100/300/600/1000/
