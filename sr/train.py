@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from sr.augment import FatherPool
 from sr.config import ZSSRConfig
 from sr.errors import Cancelled
+from sr.inference import plan_tiles, run_net_tiled, tile_side
 from sr.model import ZSSRNet, autocast_for, prepare_input
 from sr.policy import PolicyState, apply_policy, should_stop
 from sr.resize import Degradation, son_of
@@ -57,8 +58,10 @@ class ReconstructionTest:
 
     @torch.no_grad()
     def rebuild(self, net: ZSSRNet) -> torch.Tensor:
-        with autocast_for(self.config, self.son_up.device):
-            return net(prepare_input(self.son_up, self.config)).float()
+        # In tiles, as inference: the whole of a large image in one pass would not fit the memory budget.
+        height, width = self.son_up.shape[-2:]
+        tiles = plan_tiles(height, width, tile_side(self.config, self.son_up.shape[1]), net.receptive_radius)
+        return run_net_tiled(net, self.son_up, 0, tiles, self.config)
 
     def error(self, net: ZSSRNet) -> float:
         was_training = net.training
