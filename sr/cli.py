@@ -201,7 +201,10 @@ class ProgressBar:
                             file=sys.stderr, dynamic_ncols=True, leave=True)
         if progress.total_steps != self.bar.total:  # an upper bound that the core may revise
             self.bar.total = progress.total_steps
-        self.bar.n = progress.step
+        if progress.step >= self.bar.n:
+            self.bar.update(progress.step - self.bar.n)  # through update(), so tqdm's rate is right
+        else:
+            self.bar.n = progress.step
         postfix = {}
         if progress.loss is not None:
             postfix["loss"] = f"{progress.loss:.4g}"
