@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     upscale.add_argument("output", metavar="OUT", type=Path)
     upscale.add_argument("--method", choices=("zssr", "bicubic"), default="zssr")
     upscale.add_argument("--preset", choices=("fast", "balanced", "paper"), default="balanced")
+    upscale.add_argument("--kernel", default="bicubic", metavar="bicubic | estimate | FILE.npy",
+                         help="how the input was downscaled: bicubic (default), estimate (KernelGAN, x2/x4), "
+                              "or a 2-D kernel saved with numpy.save")
+    upscale.add_argument("--denoise", choices=("off", "auto"), default="off",
+                         help="auto: train to remove the noise level estimated in the image")
     _add_common_options(upscale)
     upscale.set_defaults(run=run_upscale)
 
@@ -110,17 +115,47 @@ def run_upscale(args: argparse.Namespace) -> int:
     output_format = _output_format(args.output)  # every check that can fail comes before the long run
     image = _open_image(args.input)
     config = _config(args.config, args.preset)
+    kernel = _kernel(args.kernel)
     device = _device(args.device)
     bar = ProgressBar(enabled=not args.quiet)
     try:
         result = sr.upscale(image, args.scale, method=args.method, preset=args.preset, config=config, device=device,
-                            seed=args.seed, progress=bar)
+                            seed=args.seed, progress=bar, kernel=kernel, denoise=args.denoise)
     finally:
         bar.close()
     for note in save_image(result, args.output, output_format):
         _say(f"note: {note}")
     _say(f"wrote {args.output} ({result.width}x{result.height} {result.mode}){_describe_run(result)}")
+    for line in _describe_kernel(result):
+        _say(line)
     return EXIT_OK
+
+
+def _describe_kernel(result: Image.Image) -> list[str]:
+    """The estimated kernel, cropped to its non-zero taps, as rows of numbers (empty when none was estimated)."""
+    info = result.info.get("sr") or {}
+    if info.get("kernel_source") != "estimate" or not info.get("kernel"):
+        return []
+    kernel = np.asarray(info["kernel"])
+    rows, cols = np.nonzero(kernel > 1e-4)
+    support = kernel[rows.min():rows.max() + 1, cols.min():cols.max() + 1] if rows.size else kernel
+    lines = [f"estimated kernel ({kernel.shape[0]}x{kernel.shape[1]}, {info.get('kernel_estimation_seconds', 0):.1f} s;"
+             f" taps above 1e-4 shown):"]
+    lines += ["  " + " ".join(f"{value:.3f}" for value in row) for row in support]
+    return lines
+
+
+def _kernel(text: str) -> str | np.ndarray:
+    """"bicubic", "estimate", or the 2-D array in a .npy file (checked by sr when it is used)."""
+    if text in ("bicubic", "estimate"):
+        return text
+    path = Path(text)
+    if path.suffix != ".npy":
+        raise UsageError(f"--kernel must be bicubic, estimate or a .npy file, got {text!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the kernel file {text}: {exc}") from None
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sr.errors import InvalidInput
+from sr.kernelgan import DEFAULT_ITERS as KERNEL_ESTIMATION_ITERS
 
 ScaleFactor = typing.Union[float, tuple[float, float]]
 
@@ -53,9 +54,19 @@ class ZSSRConfig:
     checkpoint_every: int = 0  # steps between training-state checkpoints (0 = never)
     inference_memory_mb: int = 512  # memory budget of one inference tile (the net's activations)
     threads: int = 0  # torch.set_num_threads for the call (0 = leave torch's setting)
+    # Blind SR (sr/kernelgan.py, sr/degradations.py):
+    # "pre": the reference net, run on the cubic pre-upsample; "post": the same width and depth run at the lr_son's
+    # size (pixel-unshuffled pre-upsample in, pixel shuffle out, integer factor floor(min sf)): r^2 fewer pixels.
+    arch: str = "pre"
+    # JPEG-compress every lr_son at this quality so the net learns to undo blocking: -1 = auto (the input's own
+    # quality, estimated from its quantisation tables, when the input is a JPEG; off otherwise), 0 = off, 1..100.
+    # While it is on, back-projection is off (it would copy the input's blocks into the output).
+    son_jpeg_quality: int = -1
+    kernel_estimation_iters: int = KERNEL_ESTIMATION_ITERS  # KernelGAN steps for kernel="estimate"
 
 
 PRECISIONS = ("float32", "bfloat16")
+ARCHS = ("pre", "post")
 MIN_INFERENCE_MEMORY_MB = 16
 
 PAPER = ZSSRConfig(channels_last=True)  # the reference; channels_last changes no result, only the speed
@@ -125,6 +136,12 @@ def validate(config: ZSSRConfig) -> None:
     probabilities = config.augment_leave_as_is_probability + config.augment_no_interpolate_probability
     if min(config.augment_leave_as_is_probability, config.augment_no_interpolate_probability) < 0 or probabilities > 1:
         raise InvalidInput("config fields 'augment_*_probability' must be >= 0 and sum to at most 1")
+    if config.arch not in ARCHS:
+        raise InvalidInput(f"config field 'arch' must be one of {', '.join(ARCHS)}")
+    if not -1 <= config.son_jpeg_quality <= 100:
+        raise InvalidInput("config field 'son_jpeg_quality' must be -1 (auto), 0 (off) or a quality 1..100")
+    if config.kernel_estimation_iters < 1:
+        raise InvalidInput("config field 'kernel_estimation_iters' must be at least 1")
     if config.noise_std < 0:
         raise InvalidInput("config field 'noise_std' must not be negative")
     for sf in config.scale_factors:

@@ -46,9 +46,12 @@ def tile_side(config: ZSSRConfig, channels: int) -> int:
     return max(1, int(math.sqrt(config.inference_memory_mb * 2**20 / bytes_per_pixel)))
 
 
-def plan_tiles(height: int, width: int, side: int, margin: int) -> list[Tile]:
-    """Cores covering the image exactly once, each with `margin` pixels of context where the image has them."""
+def plan_tiles(height: int, width: int, side: int, margin: int, multiple: int = 1) -> list[Tile]:
+    """Cores covering the image exactly once, each with `margin` pixels of context where the image has them.
+    Corners sit on multiples of `multiple` (arch="post" nets work on a pixel-unshuffle grid)."""
+    margin = -(-margin // multiple) * multiple
     core = max(MIN_TILE_CORE, side - 2 * margin)
+    core = max(multiple, core // multiple * multiple)
     tiles = []
     for top in range(0, height, core):
         for left in range(0, width, core):
@@ -115,7 +118,8 @@ def super_resolve(net: ZSSRNet, lr_image: torch.Tensor, sf: tuple[float, float],
     back-projected again -> [1,C,*size] float32 in [0, 1]."""
     net.eval()
     up_image = cubic_resize(lr_image, size)
-    tiles = plan_tiles(size[0], size[1], tile_side(config, lr_image.shape[1]), net.receptive_radius)
+    tiles = plan_tiles(size[0], size[1], tile_side(config, lr_image.shape[1]), net.receptive_radius,
+                       net.tile_multiple)
     total = len(tiles) * len(transforms)
     done = 0
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sr.degradations import jpeg_round_trip
 from sr.errors import InvalidInput
 
 
@@ -33,6 +34,8 @@ class Degradation:
     """How an hr_father becomes an lr_son: cubic downscaling, or correlation with a blur kernel and subsampling."""
 
     kernel: torch.Tensor | None = None  # [kh, kw], sums to 1; None = antialiased cubic
+    jpeg_quality: int = 0  # lr_sons JPEG-compressed at this quality (1..100) after downscaling; 0 = not
+    jpeg_subsampling: int = -1  # the JPEG chroma subsampling (Pillow's code; -1 = Pillow's default)
 
     @property
     def is_symmetric(self) -> bool:
@@ -96,6 +99,9 @@ def son_of(hr_father: torch.Tensor, sf: tuple[float, float], degradation: Degrad
     if noise_std > 0:
         noise = torch.randn(small.shape, generator=generator, device=generator.device if generator else "cpu")
         small = (small + noise.to(small.device) * noise_std).clamp_(0.0, 1.0)
+    if degradation.jpeg_quality:
+        # As a camera does: noise first, then compression; the net learns to remove blocking, not enlarge it.
+        small = jpeg_round_trip(small, degradation.jpeg_quality, degradation.jpeg_subsampling)
     return cubic_resize(small, (height, width))
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from sr.augment import FatherPool, FatherSource, ensemble_transforms
+from sr.blind import DENOISE_MODES, blind_setup
 from sr.checkpoint import fingerprint, load_state, restore_run, save_state
 from sr.config import PRESETS, ZSSRConfig, config_for, scale_pair, validate
 from sr.errors import Cancelled, InvalidInput
@@ -69,8 +70,11 @@ def upscale(image: Image.Image, scale: float | tuple[float, float] = 2.0, *, met
             preset: str = "balanced", kernel: str | np.ndarray = "bicubic", config: ZSSRConfig | None = None,
             device: str | None = None, seed: int | None = None, progress: Callable[[Progress], None] | None = None,
             should_stop: Callable[[], bool] | None = None, checkpoint: Callable[[bytes], None] | None = None,
-            resume: bytes | None = None) -> Image.Image:
-    """`image` upscaled to (round(w * sx), round(h * sy)) in its own mode; what happened in result.info["sr"]."""
+            resume: bytes | None = None, denoise: str = "off") -> Image.Image:
+    """`image` upscaled to (round(w * sx), round(h * sy)) in its own mode; what happened in result.info["sr"].
+
+    Blind SR (sr/blind.py): kernel="estimate" runs KernelGAN for the sons' kernel; a JPEG input's sons are
+    JPEG-compressed at its own quality (config.son_jpeg_quality); denoise="auto" estimates noise_std."""
     started = time.monotonic()
     sf = parse_scale(scale)
     if method not in METHODS:
@@ -85,7 +89,10 @@ def upscale(image: Image.Image, scale: float | tuple[float, float] = 2.0, *, met
         raise InvalidInput(f"config must be an sr.ZSSRConfig, got {type(config).__name__}")
     else:
         validate(config)
-    degradation = degradation_for(kernel) if method == "zssr" else Degradation()
+    if method == "zssr" and not (isinstance(kernel, str) and kernel == "estimate"):
+        degradation_for(kernel)  # a bad kernel is refused before any work
+    if denoise not in DENOISE_MODES:
+        raise InvalidInput(f"unknown denoise {denoise!r}; expected 'off' or 'auto'")
     target = resolve_device(device)
     color, alpha, meta = to_tensor(image)
     size = output_size(color.shape[-2], color.shape[-1], sf)
@@ -94,9 +101,12 @@ def upscale(image: Image.Image, scale: float | tuple[float, float] = 2.0, *, met
             output, info = cubic_resize(color, size).clamp_(0.0, 1.0), {"train_steps": 0}
         else:
             check_zssr_scale(sf)
+            blind = blind_setup(image, color, sf, kernel, config, denoise=denoise, seed=seed, device=target,
+                                progress=progress, should_stop=should_stop)
             callbacks = Callbacks(progress, should_stop, checkpoint)
-            output, info = zssr(color.to(target), sf, config, degradation=degradation, seed=seed,
+            output, info = zssr(color.to(target), sf, blind.config, degradation=blind.degradation, seed=seed,
                                 callbacks=callbacks, resume=resume)
+            info = {**info, **blind.info}
         alpha_output = cubic_resize(alpha, size).clamp_(0.0, 1.0) if alpha is not None else None
     result = from_tensor(output.cpu(), alpha_output, meta)
     result.info["sr"] = {"method": method, "preset": preset if method == "zssr" else None, "scale": list(sf),
@@ -176,7 +186,7 @@ def zssr(lr_image: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *,
     fingerprint_hex = fingerprint(config, lr_image, sf, degradation.kernel, seed)
     saved = load_state(resume, fingerprint_hex) if resume is not None else None
     generator = torch.Generator().manual_seed(seed)
-    net = build_net(lr_image.shape[1], config, device, generator)
+    net = build_net(lr_image.shape[1], config, device, generator, sf=sf)
     stage_outputs = [t.to(device) for t in saved["stage_outputs"]] if saved else []
     steps_before = int(saved["steps_before"]) if saved else 0
     first_stage = int(saved["stage"]) if saved else 0

@@ -1,0 +1,175 @@
+"""Blind and real-world ZSSR: make the lr_sons the way the input itself was made.
+
+`upscale` calls `blind_setup` once per image, before training:
+- kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate" (KernelGAN on the
+  image itself, sr/kernelgan.py, for the target scale x2 or x4, fitted by an anisotropic Gaussian, then shrunk if
+  it cannot explain the input: `plausible_kernel`). The sons are then made by correlating with the kernel and
+  subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
+- JPEG: with config.son_jpeg_quality = -1 (auto, the default) a JPEG input's quality is read from its
+  quantisation tables and every son is JPEG-compressed at that quality (and the input's chroma subsampling), so
+  the net learns to remove blocking instead of enlarging it; back-projection is then off (it would put the
+  input's blocks back). 0 turns it off, 1..100 forces a quality.
+- noise: denoise="auto" sets noise_std to the noise estimated in the image (sr.degradations.estimate_noise_std);
+  "off" keeps the config's noise_std.
+What was decided goes into result.info["sr"] (kernel as a small list of lists, its source, the son JPEG quality,
+the noise_std).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sr import kernelgan
+from sr.config import ZSSRConfig
+from sr.degradations import estimate_noise_std, jpeg_settings
+from sr.errors import InvalidInput
+from sr.progress import Progress
+from sr.resize import Degradation, cubic_resize, degradation_for
+
+log = logging.getLogger(__name__)
+
+DENOISE_MODES = ("off", "auto")
+KERNEL_DECIMALS = 6  # the kernel in result.info: enough to rebuild it, small enough for a job record
+
+
+@dataclass(frozen=True)
+class BlindSetup:
+    degradation: Degradation
+    config: ZSSRConfig  # noise_std possibly set by denoise="auto"
+    info: dict[str, Any]
+
+
+def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float], kernel: str | np.ndarray,
+                config: ZSSRConfig, *, denoise: str = "off", seed: int | None = None, device: torch.device | None = None,
+                progress: Callable[[Progress], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> BlindSetup:
+    """The degradation the sons are made with, and the config to train with, for `image` (colour tensor `color`)."""
+    if denoise not in DENOISE_MODES:
+        raise InvalidInput(f"unknown denoise {denoise!r}; expected 'off' or 'auto'")
+    info: dict[str, Any] = {}
+    started = time.monotonic()
+    if isinstance(kernel, str) and kernel == "estimate":
+        array = estimate_for_scale(color, sf, config, seed=seed, device=device, progress=progress,
+                                   should_stop=should_stop)
+        array, shrink = plausible_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
+        info["kernel_source"] = "estimate"
+        info["kernel_shrink"] = shrink
+        info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
+        degradation = degradation_for(array)
+    else:
+        degradation = degradation_for(kernel)
+        info["kernel_source"] = "bicubic" if isinstance(kernel, str) else "given"
+    if degradation.kernel is not None:
+        info["kernel"] = np.round(degradation.kernel.double().numpy(), KERNEL_DECIMALS).tolist()
+
+    quality, subsampling = son_jpeg_quality(image, config)
+    info["son_jpeg_quality"] = quality
+    degradation = dataclasses.replace(degradation, jpeg_quality=quality, jpeg_subsampling=subsampling)
+    if quality:
+        # Back-projection makes down(output) equal the input, and a compressed input's blocks with it: it undoes
+        # what the JPEG-aware net learnt (bench/blind.py: about +0.3 dB and no grid without it, blocking with it).
+        config = dataclasses.replace(config, back_projection_iters=(0,))
+
+    if denoise == "auto":
+        noise_std = estimate_noise_std(color)
+        config = dataclasses.replace(config, noise_std=round(noise_std, 5))
+        log.info("denoise=auto: noise_std %.4f estimated from the image", noise_std)
+    info["noise_std"] = config.noise_std
+    return BlindSetup(degradation, config, info)
+
+
+def son_jpeg_quality(image: Image.Image, config: ZSSRConfig) -> tuple[int, int]:
+    """(quality, subsampling) to JPEG-compress the sons with: 0 = no compression (see son_jpeg_quality)."""
+    if config.son_jpeg_quality == 0:
+        return 0, -1
+    settings = jpeg_settings(image)
+    subsampling = settings.subsampling if settings else -1
+    if config.son_jpeg_quality > 0:
+        return config.son_jpeg_quality, subsampling
+    if settings is None:
+        return 0, -1
+    log.info("JPEG input: quality %d estimated from its tables (mean table error %.2f); sons compressed alike",
+             settings.quality, settings.table_error)
+    return settings.quality, subsampling
+
+
+def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None,
+                       device: torch.device | None, progress: Callable[[Progress], None] | None,
+                       should_stop: Callable[[], bool] | None) -> np.ndarray:
+    """KernelGAN's kernel for the target scale (x2 or x4, the same on both axes)."""
+    if sf[0] != sf[1] or sf[0] not in kernelgan.SUPPORTED_SF:
+        raise InvalidInput(f"kernel estimation works at x2 or x4 (the same on both axes), got {sf[0]:g}x{sf[1]:g}")
+
+    def report(update: Progress) -> None:
+        # The service knows the phases "training" and "inference": kernel estimation is reported as the start of
+        # training (step 0) so that a job shows life without a phase its clients do not know.
+        if progress is not None:
+            progress(Progress("training", 0, config.max_iters, None, None))
+
+    return kernelgan.estimate_kernel(color, int(sf[0]), iters=config.kernel_estimation_iters, seed=seed,
+                                     progress=report, should_stop=should_stop,
+                                     device=str(device) if device is not None else None)
+
+
+# --- is the estimated kernel possible at all? -------------------------------------------------------------------
+# KernelGAN over-estimates the blur of images that were soft to begin with. ZSSR then inverts a blur the image
+# never had: over-sharpening that back-projection makes worse (bench/blind.py: chelsea lost 6 dB). A kernel that
+# is too wide cannot explain the input: back-projection from the cubic upsample, kept in [0, 1], leaves a residual
+# far above the input's noise, while the true kernel and narrower ones reach it. So the estimate's covariance is
+# shrunk (the largest factor that passes, by bisection) until its residual is within PLAUSIBLE_RESIDUAL times the
+# noise floor: 8-bit quantisation, or the config's noise_std when higher (denoise="auto" sets it from the image).
+PLAUSIBLE_RESIDUAL = 1.5
+CONSISTENCY_ITERS = 10
+CONSISTENCY_MAX_SIDE = 192  # the check runs on a central crop of the input at most this big
+QUANTISATION_RMS = 1.0 / 255.0 / math.sqrt(12.0)
+SHRINK_STEPS = 5
+
+
+def consistency_residual(lr_image: torch.Tensor, kernel: np.ndarray, sf: int) -> float:
+    """RMS of lr - down_k(sr) after CONSISTENCY_ITERS back-projection steps from the cubic upsample of lr."""
+    degradation = degradation_for(kernel)
+    size = (lr_image.shape[-2] * sf, lr_image.shape[-1] * sf)
+    estimate = cubic_resize(lr_image, size).clamp(0.0, 1.0)
+    for _ in range(CONSISTENCY_ITERS):
+        residual = lr_image - degradation.downscale(estimate, tuple(lr_image.shape[-2:]), (sf, sf))
+        estimate = (estimate + cubic_resize(residual, size)).clamp_(0.0, 1.0)
+    residual = lr_image - degradation.downscale(estimate, tuple(lr_image.shape[-2:]), (sf, sf))
+    return float(residual.pow(2).mean().sqrt())
+
+
+def plausible_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int,
+                     noise_floor: float = 0.0) -> tuple[np.ndarray, float]:
+    """(the kernel, 1.0) when it explains the input; else the widest shrunk Gaussian that does, and its factor."""
+    lr_image = central_crop(color.detach().float().cpu(), CONSISTENCY_MAX_SIDE)
+    floor = max(QUANTISATION_RMS, noise_floor)
+    limit = PLAUSIBLE_RESIDUAL * floor
+    residual = consistency_residual(lr_image, kernel, sf)
+    if residual <= limit:
+        return kernel, 1.0
+    covariance = kernelgan.kernel_covariance(kernel)
+    low, high = 0.0, 1.0  # covariance factors: `low` passes (a delta always does), `high` fails
+    for _ in range(SHRINK_STEPS):
+        middle = (low + high) / 2
+        candidate = kernelgan.gaussian_kernel(covariance * middle, sf)
+        if consistency_residual(lr_image, candidate, sf) <= limit:
+            low = middle
+        else:
+            high = middle
+    log.info("estimated kernel explains the input only to %.4f RMS (limit %.4f): covariance shrunk by %.2f",
+             residual, limit, low)
+    shrunk = kernelgan.gaussian_kernel(covariance * max(low, 1e-3), sf)
+    return shrunk, round(low, 4)
+
+
+def central_crop(image: torch.Tensor, side: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return image[..., top:top + side, left:left + side]
