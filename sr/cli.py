@@ -225,6 +225,8 @@ def _output_format(path: Path) -> str:
                          f"use .png, .jpg, .webp or .tif")
     if not path.parent.is_dir():
         raise UsageError(f"{path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{path}: the folder {path.parent} is not writable")
     return output_format
 
 
@@ -239,6 +241,8 @@ def _open_image(path: Path) -> Image.Image:
             image.load()
     except UnidentifiedImageError:
         raise UsageError(f"{path}: not an image Pillow can read") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied") from None
     except Image.DecompressionBombError as exc:
         raise UsageError(f"{path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
