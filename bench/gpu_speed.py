@@ -19,8 +19,8 @@ On whatever device is there (`--device cuda|cpu`, default cuda when available), 
 not the preset's full job, and the table says so.
 
   python bench/gpu_speed.py                                      # on an H100: every figure, uncapped
-  nice -n 10 python bench/gpu_speed.py --device cpu --steps 20 --e2e-presets fast --pack-steps 20 \\
-      --compile-presets fast
+  nice -n 10 python bench/gpu_speed.py --device cpu --steps 20 --warmup 3 --e2e-presets fast \\
+      --pack-side 128 --pack-steps 20 --compile-presets fast      # the CPU run of bench/RESULTS.md (~8 min)
 """
 from __future__ import annotations
 
@@ -328,10 +328,13 @@ def time_compile(name: str, photo: Image.Image, device: torch.device, args: argp
     compiled = core_steps_per_second(photo, config, device, args.warmup, net_wrapper=torch.compile)
     total = time.perf_counter() - started
     measured_seconds = (config.max_iters - args.warmup) / compiled
-    figures = {"preset": name, "measured_steps": config.max_iters - args.warmup, "eager_steps_per_second": eager,
-               "compiled_steps_per_second": compiled, "speedup": compiled / eager,
-               "warmup_and_compile_seconds": total - measured_seconds}
-    print(f"  {name} compile: eager {eager:.2f}, compiled {compiled:.2f} steps/s")
+    # Eager again after: on a shared machine the load drifts; the mean of both brackets the compiled run
+    eager_after = core_steps_per_second(photo, config, device, args.warmup)
+    eager_mean = (eager + eager_after) / 2
+    figures = {"preset": name, "measured_steps": config.max_iters - args.warmup, "eager_steps_per_second": eager_mean,
+               "eager_before_and_after": [eager, eager_after], "compiled_steps_per_second": compiled,
+               "speedup": compiled / eager_mean, "warmup_and_compile_seconds": total - measured_seconds}
+    print(f"  {name} compile: eager {eager:.2f} / {eager_after:.2f}, compiled {compiled:.2f} steps/s")
     return figures
 
 
@@ -420,10 +423,12 @@ def print_packing(figures: dict, args: argparse.Namespace) -> None:
 def print_compile(rows: list[dict]) -> None:
     if not rows:
         return
-    print("\n| preset | steps timed | eager steps/s | torch.compile steps/s | speedup | warm-up + compile s |")
+    print("\n| preset | steps timed | eager steps/s (before / after) | torch.compile steps/s | speedup "
+          "| warm-up + compile s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['preset']} | {r['measured_steps']} | {r['eager_steps_per_second']:.2f} "
+        before, after = r["eager_before_and_after"]
+        print(f"| {r['preset']} | {r['measured_steps']} | {r['eager_steps_per_second']:.2f} ({before:.2f} / {after:.2f}) "
               f"| {r['compiled_steps_per_second']:.2f} | {r['speedup']:.2f}x | {r['warmup_and_compile_seconds']:.1f} |")
 
 
