@@ -19,8 +19,8 @@ On whatever device is there (`--device cuda|cpu`, default cuda when available), 
 not the preset's full job, and the table says so.
 
   python bench/gpu_speed.py                                      # on an H100: every figure, uncapped
-  nice -n 10 python bench/gpu_speed.py --device cpu --steps 20 --warmup 3 --e2e-presets fast \\
-      --pack-side 128 --pack-steps 20 --compile-presets fast      # the CPU run of bench/RESULTS.md (~8 min)
+  nice -n 10 python bench/gpu_speed.py --device cpu --threads 1 --steps 20 --warmup 3 --e2e-presets fast \\
+      --pack-side 96 --pack-steps 20 --compile-presets fast       # the CPU run of bench/RESULTS.md
 """
 from __future__ import annotations
 
@@ -125,17 +125,20 @@ def measure_preset(name: str, photo: Image.Image, device: torch.device, args: ar
     flops = training_step_flops(config, crop_of(photo, config), test_pixels(photo, config))
     peak, peak_source = device_peak_tflops(device, config, args.peak_tflops)
     result = {"preset": name, "measured_steps": measured, "crop": config.crop_size, "batch": config.batch_size,
-              "steps_per_second": rate, "naive_steps_per_second": naive, "ratio": rate / naive,
-              "gflop_per_step": flops / 1e9, "achieved_tflops": flops * rate / 1e12, "peak_tflops": peak,
-              "peak_source": peak_source, "mfu": flops * rate / (peak * 1e12) if peak else None,
+              "steps_per_second": rate.wall, "naive_steps_per_second": naive.wall, "ratio": rate.wall / naive.wall,
+              "steps_per_cpu_second": rate.cpu, "naive_steps_per_cpu_second": naive.cpu,
+              "cpu_ratio": rate.cpu / naive.cpu,
+              "gflop_per_step": flops / 1e9, "achieved_tflops": flops * rate.wall / 1e12, "peak_tflops": peak,
+              "peak_source": peak_source, "mfu": flops * rate.wall / (peak * 1e12) if peak else None,
               "peak_memory_mib": memory, "memory_kind": memory_kind(device)}
-    print(f"  {name}: {rate:.2f} steps/s (naive {naive:.2f}), {flops / 1e9:.2f} GFLOP/step, {memory:.0f} MiB")
+    print(f"  {name}: {rate.wall:.2f} steps/s (naive {naive.wall:.2f}), per CPU-second {rate.cpu:.2f} "
+          f"(naive {naive.cpu:.2f}), {flops / 1e9:.2f} GFLOP/step, {memory:.0f} MiB")
     return result
 
 
 def core_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: torch.device, warmup: int,
-                          net_wrapper=None) -> float:
-    """Steps/s of sr.train.train_stage over steps warmup+1 .. max_iters (device synced at both ends)."""
+                          net_wrapper=None) -> Stamp:
+    """Steps per second (wall, CPU) of sr.train.train_stage over steps warmup+1 .. max_iters (device synced)."""
     lr_image = sr.images.to_tensor(photo)[0].to(device)
     generator = torch.Generator().manual_seed(0)
     net = build_net(lr_image.shape[1], config, device, generator)
@@ -143,19 +146,23 @@ def core_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: tor
     if net_wrapper is not None:
         run.net = net_wrapper(net)
     test = ReconstructionTest(lr_image, SF, Degradation(), config, torch.Generator().manual_seed(0))
-    marks: dict[int, float] = {}
+    marks: dict[int, Stamp] = {}
 
     def on_step(step: int, loss: torch.Tensor, learning_rate: float) -> None:
         if step in (warmup, config.max_iters):
             synchronize(device)
-            marks[step] = time.perf_counter()
+            marks[step] = Stamp.now()
 
     train_stage(run, test, SF, Degradation(), config, StageHooks(on_step=on_step))
-    return (config.max_iters - warmup) / (marks[config.max_iters] - marks[warmup])
+    return per_second(config.max_iters - warmup, marks[config.max_iters].since(marks[warmup]))
+
+
+def per_second(count: float, elapsed: Stamp) -> Stamp:
+    return Stamp(count / elapsed.wall, count / max(elapsed.cpu, 1e-9))
 
 
 def naive_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: torch.device, warmup: int,
-                           steps: int) -> float:
+                           steps: int) -> Stamp:
     """The seed-style loop: batch 1, a random dihedral crop and its son cut on the host (NumPy + CPU resize) and
     copied to the device each step, float32, contiguous memory, Adam, `loss.item()` every step."""
     image = np.asarray(photo, dtype=np.float32) / 255  # [H,W,C] on the host
@@ -164,11 +171,11 @@ def naive_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: to
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     rng = np.random.default_rng(0)
     side = min(config.crop_size, *image.shape[:2])
-    started = 0.0
+    started = Stamp.now()
     for step in range(warmup + steps):
         if step == warmup:
             synchronize(device)
-            started = time.perf_counter()
+            started = Stamp.now()
         top, left = rng.integers(image.shape[0] - side + 1), rng.integers(image.shape[1] - side + 1)
         crop = np.rot90(image[top:top + side, left:left + side], rng.integers(4))
         if rng.random() < 0.5:
@@ -182,7 +189,7 @@ def naive_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: to
         optimizer.step()
         loss.item()  # the seed's per-step host sync (it logged every loss)
     synchronize(device)
-    return steps / (time.perf_counter() - started)
+    return per_second(steps, Stamp.now().since(started))
 
 
 # --- FLOPs and peaks ---
@@ -255,22 +262,23 @@ def job_config(name: str, steps: int) -> sr.ZSSRConfig:
 
 def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: argparse.Namespace) -> dict:
     config = job_config(name, args.steps)
-    marks: dict[str, float] = {}
+    marks: dict[str, Stamp] = {}
 
     def on_progress(progress: sr.Progress) -> None:
         if progress.phase == "inference" and "inference" not in marks:
             synchronize(device)
-            marks["inference"] = time.perf_counter()
+            marks["inference"] = Stamp.now()
 
     reset_peak_memory(device)
-    started = time.perf_counter()
+    started = Stamp.now()
     result = sr.upscale(photo, 2, config=config, device=device.type, seed=0, progress=on_progress)
-    seconds = time.perf_counter() - started
-    train_seconds = marks.get("inference", started + seconds) - started
+    ended = Stamp.now()
+    total, training = ended.since(started), marks.get("inference", ended).since(started)
     figures = {"preset": name, "max_iters": config.max_iters, "train_steps": result.info["sr"]["train_steps"],
-               "seconds": seconds, "train_seconds": train_seconds, "inference_seconds": seconds - train_seconds,
+               "seconds": total.wall, "train_seconds": training.wall, "inference_seconds": total.wall - training.wall,
+               "cpu_seconds": total.cpu, "train_cpu_seconds": training.cpu,
                "output": list(result.size), "peak_memory_mib": peak_memory_mib(device)}
-    print(f"  {name} end to end: {seconds:.2f} s ({figures['train_steps']} steps)")
+    print(f"  {name} end to end: {total.wall:.2f} s, {total.cpu:.2f} CPU-s ({figures['train_steps']} steps)")
     return figures
 
 
@@ -294,26 +302,29 @@ def time_packing(device: torch.device, args: argparse.Namespace) -> dict:
     # One untimed job first: the first calls pay one-off set-up (allocator, oneDNN/cuDNN plans per shape)
     sr.upscale(images[0], 2, config=config, device=device.type, seed=0)
     reset_peak_memory(device)
-    started = time.perf_counter()
+    started = Stamp.now()
     alone = [sr.upscale(image, 2, config=config, device=device.type, seed=seed) for image, seed in zip(images, seeds)]
-    alone_seconds = time.perf_counter() - started
-    rows = [{"k": 1, "seconds": alone_seconds, "jobs_per_hour": len(images) * 3600 / alone_seconds,
-             "peak_memory_mib": peak_memory_mib(device)}]
-    print(f"  one at a time: {alone_seconds:.1f} s")
+    base = Stamp.now().since(started)
+    rows = [{"k": 1, "seconds": base.wall, "cpu_seconds": base.cpu, "jobs_per_hour": len(images) * 3600 / base.wall,
+             "jobs_per_cpu_hour": len(images) * 3600 / base.cpu, "peak_memory_mib": peak_memory_mib(device)}]
+    print(f"  one at a time: {base.wall:.1f} s, {base.cpu:.1f} CPU-s")
     for k in [int(k) for k in split(args.pack_k)]:
         reset_peak_memory(device)
-        started = time.perf_counter()
+        started = Stamp.now()
         packed = upscale_many(images, 2, config=config, device=device.type, seeds=seeds, pack_size=k,
                               packing=args.packing)
-        seconds = time.perf_counter() - started
+        elapsed = Stamp.now().since(started)
         differences = [np.abs(np.asarray(p, dtype=np.int16) - np.asarray(a, dtype=np.int16)) for p, a in
                        zip(packed, alone)]
         same_steps = all(p.info["sr"]["train_steps"] == a.info["sr"]["train_steps"] for p, a in zip(packed, alone))
-        rows.append({"k": k, "seconds": seconds, "jobs_per_hour": len(images) * 3600 / seconds,
-                     "speedup": alone_seconds / seconds, "max_pixel_difference": int(max(d.max() for d in differences)),
+        rows.append({"k": k, "seconds": elapsed.wall, "cpu_seconds": elapsed.cpu,
+                     "jobs_per_hour": len(images) * 3600 / elapsed.wall,
+                     "jobs_per_cpu_hour": len(images) * 3600 / elapsed.cpu, "speedup": base.wall / elapsed.wall,
+                     "cpu_speedup": base.cpu / elapsed.cpu,
+                     "max_pixel_difference": int(max(d.max() for d in differences)),
                      "pixels_differing": float(np.mean([(d > 0).mean() for d in differences])),
                      "same_train_steps": same_steps, "peak_memory_mib": peak_memory_mib(device)})
-        print(f"  K={k}: {seconds:.1f} s")
+        print(f"  K={k}: {elapsed.wall:.1f} s, {elapsed.cpu:.1f} CPU-s")
     return {"preset": args.pack_preset, "max_iters": config.max_iters, "jobs": len(images), "side": args.pack_side,
             "packing": args.packing, "rows": rows}
 
@@ -324,18 +335,39 @@ def time_compile(name: str, photo: Image.Image, device: torch.device, args: argp
     config = training_config(name, args.steps, args.warmup)
     eager = core_steps_per_second(photo, config, device, args.warmup)
     torch._dynamo.reset()
-    started = time.perf_counter()
+    started = Stamp.now()
     compiled = core_steps_per_second(photo, config, device, args.warmup, net_wrapper=torch.compile)
-    total = time.perf_counter() - started
-    measured_seconds = (config.max_iters - args.warmup) / compiled
+    total = Stamp.now().since(started)
+    measured_seconds = (config.max_iters - args.warmup) / compiled.wall
     # Eager again after: on a shared machine the load drifts; the mean of both brackets the compiled run
     eager_after = core_steps_per_second(photo, config, device, args.warmup)
-    eager_mean = (eager + eager_after) / 2
-    figures = {"preset": name, "measured_steps": config.max_iters - args.warmup, "eager_steps_per_second": eager_mean,
-               "eager_before_and_after": [eager, eager_after], "compiled_steps_per_second": compiled,
-               "speedup": compiled / eager_mean, "warmup_and_compile_seconds": total - measured_seconds}
-    print(f"  {name} compile: eager {eager:.2f} / {eager_after:.2f}, compiled {compiled:.2f} steps/s")
+    eager_wall, eager_cpu = (eager.wall + eager_after.wall) / 2, (eager.cpu + eager_after.cpu) / 2
+    figures = {"preset": name, "measured_steps": config.max_iters - args.warmup, "eager_steps_per_second": eager_wall,
+               "eager_before_and_after": [eager.wall, eager_after.wall], "compiled_steps_per_second": compiled.wall,
+               "speedup": compiled.wall / eager_wall, "eager_steps_per_cpu_second": eager_cpu,
+               "compiled_steps_per_cpu_second": compiled.cpu, "cpu_speedup": compiled.cpu / eager_cpu,
+               "warmup_and_compile_seconds": total.wall - measured_seconds}
+    print(f"  {name} compile: eager {eager.wall:.2f} / {eager_after.wall:.2f}, compiled {compiled.wall:.2f} steps/s; "
+          f"per CPU-second eager {eager_cpu:.2f}, compiled {compiled.cpu:.2f}")
     return figures
+
+
+# --- clocks ---
+
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    """Wall-clock and process CPU seconds (all threads) at one moment. On a shared CPU the wall clock swings with
+    other people's load; CPU seconds much less, so CPU figures are printed beside the wall ones."""
+
+    wall: float
+    cpu: float
+
+    @staticmethod
+    def now() -> Stamp:
+        return Stamp(time.perf_counter(), time.process_time())
+
+    def since(self, earlier: Stamp) -> Stamp:
+        return Stamp(self.wall - earlier.wall, self.cpu - earlier.cpu)
 
 
 # --- devices ---
@@ -379,14 +411,15 @@ def split(text: str) -> list[str]:
 # --- tables ---
 
 def print_preset_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print("\n| preset | crop x batch | steps timed | steps/s | naive steps/s | ratio | GFLOP/step | achieved TFLOP/s "
-          "| MFU | peak | peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| preset | crop x batch | steps timed | steps/s | naive steps/s | ratio | per CPU-s: steps, naive, ratio "
+          "| GFLOP/step | achieved TFLOP/s | MFU | peak | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         peak = f"{r['peak_tflops']:.3g} TFLOP/s ({r['peak_source']})" if r["peak_tflops"] else r["peak_source"]
         print(f"| {r['preset']} | {r['crop']} x {r['batch']} | {r['measured_steps']} | {r['steps_per_second']:.2f} "
-              f"| {r['naive_steps_per_second']:.2f} | {r['ratio']:.2f}x | {r['gflop_per_step']:.2f} "
+              f"| {r['naive_steps_per_second']:.2f} | {r['ratio']:.2f}x | {r['steps_per_cpu_second']:.2f}, "
+              f"{r['naive_steps_per_cpu_second']:.2f}, {r['cpu_ratio']:.2f}x | {r['gflop_per_step']:.2f} "
               f"| {r['achieved_tflops']:.4f} | {mfu} | {peak} | {r['peak_memory_mib']:.0f} |")
     if rows:
         print(f"(memory: {rows[0]['memory_kind']})")
@@ -396,26 +429,28 @@ def print_end_to_end(rows: list[dict], args: argparse.Namespace) -> None:
     if not rows:
         return
     print("\n| preset | 512x512 -> | training steps (max_iters) | seconds per job | training s | inference s "
-          "| peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| CPU-s (training) | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['preset']} | {r['output'][0]}x{r['output'][1]} | {r['train_steps']} ({r['max_iters']}) "
               f"| {r['seconds']:.2f} | {r['train_seconds']:.2f} | {r['inference_seconds']:.2f} "
+              f"| {r['cpu_seconds']:.1f} ({r['train_cpu_seconds']:.1f}) "
               f"| {r['peak_memory_mib']:.0f} |")
 
 
 def print_packing(figures: dict, args: argparse.Namespace) -> None:
     print(f"\n{figures['jobs']} jobs of {figures['side']}x{figures['side']} at x2, preset {figures['preset']} "
           f"(max_iters {figures['max_iters']}), packing {figures['packing']}:")
-    print("| K | seconds | jobs/hour | vs one at a time | max pixel difference | pixels differing | same steps "
-          "| peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| K | seconds | jobs/hour | vs one at a time | CPU-s | jobs/CPU-hour | vs one at a time (CPU) "
+          "| max pixel difference | pixels differing | same steps | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in figures["rows"]:
         if r["k"] == 1:
-            print(f"| 1 (one at a time) | {r['seconds']:.1f} | {r['jobs_per_hour']:.0f} | 1.00x | - | - | - "
-                  f"| {r['peak_memory_mib']:.0f} |")
+            print(f"| 1 (one at a time) | {r['seconds']:.1f} | {r['jobs_per_hour']:.0f} | 1.00x | {r['cpu_seconds']:.1f} "
+                  f"| {r['jobs_per_cpu_hour']:.0f} | 1.00x | - | - | - | {r['peak_memory_mib']:.0f} |")
         else:
             print(f"| {r['k']} | {r['seconds']:.1f} | {r['jobs_per_hour']:.0f} | {r['speedup']:.2f}x "
+                  f"| {r['cpu_seconds']:.1f} | {r['jobs_per_cpu_hour']:.0f} | {r['cpu_speedup']:.2f}x "
                   f"| {r['max_pixel_difference']} | {100 * r['pixels_differing']:.3f}% | {r['same_train_steps']} "
                   f"| {r['peak_memory_mib']:.0f} |")
 
@@ -424,12 +459,14 @@ def print_compile(rows: list[dict]) -> None:
     if not rows:
         return
     print("\n| preset | steps timed | eager steps/s (before / after) | torch.compile steps/s | speedup "
-          "| warm-up + compile s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| per CPU-s: eager, compiled, speedup | warm-up + compile s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         before, after = r["eager_before_and_after"]
         print(f"| {r['preset']} | {r['measured_steps']} | {r['eager_steps_per_second']:.2f} ({before:.2f} / {after:.2f}) "
-              f"| {r['compiled_steps_per_second']:.2f} | {r['speedup']:.2f}x | {r['warmup_and_compile_seconds']:.1f} |")
+              f"| {r['compiled_steps_per_second']:.2f} | {r['speedup']:.2f}x | {r['eager_steps_per_cpu_second']:.2f}, "
+              f"{r['compiled_steps_per_cpu_second']:.2f}, {r['cpu_speedup']:.2f}x "
+              f"| {r['warmup_and_compile_seconds']:.1f} |")
 
 
 if __name__ == "__main__":

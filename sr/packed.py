@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,38 +102,52 @@ class StackedNets:
 
 class StackedAdam:
     """torch.optim.Adam's update (its defaults, as the core uses it) over stacked weights, with one learning rate
-    and one step count per slot: slot k changes exactly as job k's own Adam would change its net."""
+    and one step count per slot: slot k changes as job k's own Adam would change its net.
+
+    The per-slot step counts and learning rates live on the device (float64, as torch's Adam computes its bias
+    corrections in Python floats), so a step copies nothing from the host; learning rates are sent only when one
+    changes."""
 
     def __init__(self) -> None:
         self.exp_avg: list[torch.Tensor] = []
         self.exp_avg_sq: list[torch.Tensor] = []
-        self.steps: list[int] = []
+        self.steps = torch.zeros(0, dtype=torch.float64)
+        self._learning_rates: list[float] = []
+        self._learning_rates_tensor = torch.zeros(0, dtype=torch.float64)
 
     def regroup(self, order: list[int | None], weights: list[torch.Tensor]) -> None:
         """Slot i keeps old slot order[i]'s moments and step count, or starts fresh when order[i] is None."""
-        def moved(old: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [torch.stack([m[source] if source is not None else torch.zeros_like(w[0])
-                                 for source in order]) for m, w in zip(old or [None] * len(weights), weights)]
+        device = weights[0].device
 
-        if not self.exp_avg:
+        def moved(old: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.stack([m[source] if source is not None else torch.zeros_like(m[0]) for source in order])
+                    for m in old]
+
+        if self.exp_avg:
+            self.exp_avg, self.exp_avg_sq = moved(self.exp_avg), moved(self.exp_avg_sq)
+            kept = self.steps.cpu().tolist()
+            steps = [kept[source] if source is not None else 0.0 for source in order]
+        else:
             self.exp_avg = [torch.zeros_like(w) for w in weights]
             self.exp_avg_sq = [torch.zeros_like(w) for w in weights]
-            self.steps = [0] * len(order)
-            return
-        self.exp_avg, self.exp_avg_sq = moved(self.exp_avg), moved(self.exp_avg_sq)
-        self.steps = [self.steps[source] if source is not None else 0 for source in order]
+            steps = [0.0] * len(order)
+        self.steps = torch.tensor(steps, dtype=torch.float64, device=device)
+        self._learning_rates = []  # sent again at the next step
+
+    def _learning_rates_on(self, learning_rates: list[float], device: torch.device) -> torch.Tensor:
+        if learning_rates != self._learning_rates:
+            self._learning_rates = list(learning_rates)
+            self._learning_rates_tensor = torch.tensor(learning_rates, dtype=torch.float64, device=device)
+        return self._learning_rates_tensor
 
     @torch.no_grad()
     def step(self, weights: list[torch.Tensor], learning_rates: list[float]) -> None:
         beta1, beta2 = ADAM_BETAS
-        self.steps = [s + 1 for s in self.steps]
-        device = weights[0].device
-        shape = (len(self.steps), 1, 1, 1, 1)
-        # The bias corrections in Python floats (float64), as torch's Adam computes them, then one value per slot
-        step_size = torch.tensor([-lr / (1 - beta1 ** s) for lr, s in zip(learning_rates, self.steps)],
-                                 dtype=torch.float32, device=device).reshape(shape)
-        correction2_sqrt = torch.tensor([(1 - beta2 ** s) ** 0.5 for s in self.steps], dtype=torch.float32,
-                                        device=device).reshape(shape)
+        self.steps += 1
+        shape = (len(learning_rates), 1, 1, 1, 1)
+        rates = self._learning_rates_on(learning_rates, weights[0].device)
+        step_size = (-rates / (1 - beta1 ** self.steps)).float().reshape(shape)
+        correction2_sqrt = ((1 - beta2 ** self.steps) ** 0.5).float().reshape(shape)
         for w, exp_avg, exp_avg_sq in zip(weights, self.exp_avg, self.exp_avg_sq):
             grad = w.grad
             exp_avg.lerp_(grad, 1 - beta1)
@@ -165,7 +179,8 @@ class PackedJob:
     stage_outputs: list[torch.Tensor] = field(default_factory=list)
     stage_infos: list[dict[str, Any]] = field(default_factory=list)
     steps_before: int = 0
-    output: torch.Tensor | None = None
+    output: torch.Tensor | None = None  # [1,C,H',W'] on the CPU once the last stage is inferred
+    finished_at: float | None = None  # time.monotonic() of that moment
     canceled: bool = False
 
     def __post_init__(self) -> None:
@@ -223,7 +238,8 @@ class PackedJob:
         self.steps_before += run.iteration
         self.run = self.test = None
         if self.stage == len(self.stages) - 1:
-            self.output = output
+            self.output = output.cpu()  # off the device at once: the pack goes on with the other jobs
+            self.finished_at = time.monotonic()
             return False
         self.stage_outputs.append(output)
         self.stage += 1
@@ -235,15 +251,16 @@ class PackedJob:
 
 # --- the pack ---
 
-def packed_sons(hr_fathers: torch.Tensor, sf: tuple[float, float], degradation: Degradation, noise_std: float,
-                generators: list[torch.Generator]) -> torch.Tensor:
-    """Each job's lr_sons, upscaled back: [K,B,C,h,w] -> [K,B,C,h,w]. Without noise one batched resize; with noise
-    job by job, so each job's noise comes from its own generator as when it runs alone."""
+def packed_sons(hr_fathers: torch.Tensor, sfs: list[tuple[float, float]], degradation: Degradation,
+                noise_std: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """Each job's lr_sons, upscaled back: [K,B,C,h,w] -> [K,B,C,h,w], job k's with its stage's sfs[k]. One batched
+    resize when every job has the same sf and there is no noise; otherwise job by job, so that each job's noise
+    comes from its own generator as when it runs alone."""
     count, batch = hr_fathers.shape[:2]
-    if noise_std == 0:
+    if noise_std == 0 and len(set(sfs)) == 1:
         flat = hr_fathers.reshape(count * batch, *hr_fathers.shape[2:])
-        return son_of(flat, sf, degradation).reshape(hr_fathers.shape)
-    return torch.stack([son_of(hr_fathers[k], sf, degradation, noise_std, generators[k]) for k in range(count)])
+        return son_of(flat, sfs[0], degradation).reshape(hr_fathers.shape)
+    return torch.stack([son_of(hr_fathers[k], sfs[k], degradation, noise_std, generators[k]) for k in range(count)])
 
 
 class Pack:
@@ -273,12 +290,12 @@ class Pack:
     def _step(self) -> None:
         """One training step of every active job: each draws its own fathers, one forward/backward/Adam for all."""
         config, active = self.config, self.active
-        first = active[0]
         hr_fathers = torch.stack([job.run.pool.sample(config.batch_size) for job in active])  # [K,B,C,h,w]
         with torch.no_grad():
-            lr_sons_up = packed_sons(hr_fathers, first.stages[first.stage], first.degradation, config.noise_std,
-                                     [job.run.generator for job in active])
-        with autocast_for(config, first.lr_image.device):
+            # Jobs of one pack may be in different gradual-SR stages: each son with its own job's stage sf
+            lr_sons_up = packed_sons(hr_fathers, [job.stages[job.stage] for job in active], active[0].degradation,
+                                     config.noise_std, [job.run.generator for job in active])
+        with autocast_for(config, active[0].lr_image.device):
             predictions = self.nets.forward(lr_sons_up, config.channels_last)
         losses = (predictions - hr_fathers).abs().flatten(1).mean(dim=1)  # [K]: each job's L1, as F.l1_loss
         self.nets.zero_grad()
@@ -391,7 +408,7 @@ def upscale_many(images: Sequence[Image.Image], scale: float | tuple[float, floa
             result = from_tensor(job.output.cpu(), alpha_output, meta)
             result.info["sr"] = {"method": "zssr", "preset": preset, "scale": list(sf), "device": str(target),
                                  **job.info(), "packed": True,
-                                 "seconds": round(time.monotonic() - started, 3)}
+                                 "seconds": round(job.finished_at - started, 3)}  # from the call to its output
             results.append(result)
     return results
 
