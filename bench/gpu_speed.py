@@ -14,12 +14,13 @@ On whatever device is there (`--device cuda|cpu`, default cuda when available), 
 - seconds per job: `sr.upscale` end to end (training + inference), split at the first inference report;
 - jobs/hour for `--pack-jobs` (16) jobs of 256x256 crops of six photos: `sr.packed.upscale_many` with K jobs at
   once against `sr.upscale` one at a time, and how far each packed result is from its one-at-a-time result;
+- forward + backward of K nets: one grouped convolution per layer, vmap, and the K nets one after another;
 - torch.compile of the net (forward and backward of the training step) on and off, compile time apart.
-`--steps N` caps the measured training steps (and the jobs' max_iters) so a CPU run stays short: a capped job is
-not the preset's full job, and the table says so.
+`--steps N` caps the measured training steps (and the jobs' max_iters, with the self-check off so the inference
+being timed always runs) so a CPU run stays short: a capped job is not the preset's full job, and the tables say so.
 
   python bench/gpu_speed.py                                      # on an H100: every figure, uncapped
-  nice -n 10 python bench/gpu_speed.py --device cpu --threads 1 --steps 20 --warmup 3 --e2e-presets fast \\
+  nice -n 10 python bench/gpu_speed.py --device cpu --threads 1 --steps 20 --warmup 3 --e2e-presets fast,balanced \\
       --pack-side 96 --pack-steps 20 --compile-presets fast       # the CPU run of bench/RESULTS.md
 """
 from __future__ import annotations
@@ -43,8 +44,8 @@ from PIL import Image  # noqa: E402
 from skimage import data  # noqa: E402  (a dev extra: the photos)
 
 import sr  # noqa: E402
-from sr.packed import upscale_many  # noqa: E402
-from sr.model import build_net  # noqa: E402
+from sr.packed import StackedNets, upscale_many  # noqa: E402
+from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, cubic_resize, son_size  # noqa: E402
 from sr.train import ReconstructionTest, StageHooks, train_stage  # noqa: E402
 from sr.zssr import build_run  # noqa: E402
@@ -74,6 +75,8 @@ def main() -> int:
     parser.add_argument("--pack-preset", default="fast", choices=PRESET_NAMES)
     parser.add_argument("--pack-steps", type=int, default=0, help="max_iters of each packed job (0 = the preset's)")
     parser.add_argument("--packing", default="grouped", choices=("grouped", "vmap"))
+    parser.add_argument("--stack-k", default="4,8", help="K for the stacked-step comparison ('' = none)")
+    parser.add_argument("--stack-preset", default="fast", choices=PRESET_NAMES)
     parser.add_argument("--compile-presets", default=",".join(PRESET_NAMES), help="'' = no torch.compile figures")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak for MFU (else a table)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
@@ -97,6 +100,8 @@ def main() -> int:
     if split(args.pack_k):
         figures["packing"] = time_packing(device, args)
         print_packing(figures["packing"], args)
+    figures["stacked_step"] = [time_stacked_step(int(k), device, args) for k in split(args.stack_k)]
+    print_stacked_step(figures["stacked_step"], args)
     figures["compile"] = [time_compile(name, photo, device, args) for name in split(args.compile_presets)]
     print_compile(figures["compile"])
     figures["load_average_after"] = load_average()
@@ -256,8 +261,10 @@ def measured_matmul_tflops(dtype: torch.dtype, side: int = 1024, repeats: int = 
 # --- whole jobs ---
 
 def job_config(name: str, steps: int) -> sr.ZSSRConfig:
+    """The preset; with a step cap, also without the self-check: a net trained a few steps may lose to cubic, and
+    the fallback would skip the very inference being timed."""
     preset = sr.PRESETS[name]
-    return dataclasses.replace(preset, max_iters=min(steps, preset.max_iters)) if steps else preset
+    return dataclasses.replace(preset, max_iters=min(steps, preset.max_iters), self_check=False) if steps else preset
 
 
 def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: argparse.Namespace) -> dict:
@@ -277,7 +284,8 @@ def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: a
     figures = {"preset": name, "max_iters": config.max_iters, "train_steps": result.info["sr"]["train_steps"],
                "seconds": total.wall, "train_seconds": training.wall, "inference_seconds": total.wall - training.wall,
                "cpu_seconds": total.cpu, "train_cpu_seconds": training.cpu,
-               "output": list(result.size), "peak_memory_mib": peak_memory_mib(device)}
+               "output": list(result.size), "fallback": result.info["sr"]["fallback"],
+               "self_check": config.self_check, "peak_memory_mib": peak_memory_mib(device)}
     print(f"  {name} end to end: {total.wall:.2f} s, {total.cpu:.2f} CPU-s ({figures['train_steps']} steps)")
     return figures
 
@@ -327,6 +335,56 @@ def time_packing(device: torch.device, args: argparse.Namespace) -> dict:
         print(f"  K={k}: {elapsed.wall:.1f} s, {elapsed.cpu:.1f} CPU-s")
     return {"preset": args.pack_preset, "max_iters": config.max_iters, "jobs": len(images), "side": args.pack_side,
             "packing": args.packing, "rows": rows}
+
+
+# --- grouped convolution against vmap ---
+
+def time_stacked_step(count: int, device: torch.device, args: argparse.Namespace, steps: int = 20) -> dict:
+    """Forward + backward of K nets of the preset's shape on K crops: one grouped convolution per layer, vmap over
+    functional_call, and the K nets one after another (what packing replaces); milliseconds per step."""
+    config = sr.PRESETS[args.stack_preset]
+    nets = [build_net(3, config, device, torch.Generator().manual_seed(seed)) for seed in range(count)]
+    sons = torch.rand(count, config.batch_size, 3, config.crop_size, config.crop_size,
+                      generator=torch.Generator().manual_seed(0)).to(device)
+    stacks = {}
+    for packing in ("grouped", "vmap"):
+        stacks[packing] = StackedNets(nets[0], packing)
+        stacks[packing].regroup([None] * count, nets)
+
+    def packed(packing: str) -> None:
+        with autocast_for(config, device):
+            stacks[packing].forward(sons, config.channels_last).sum().backward()
+
+    def one_after_another() -> None:
+        for net, son in zip(nets, sons):
+            with autocast_for(config, device):
+                net(prepare_input(son, config)).sum().backward()
+
+    timings = {}
+    for name, step in (("grouped", lambda: packed("grouped")), ("vmap", lambda: packed("vmap")),
+                       ("one after another", one_after_another)):
+        for _ in range(3):
+            step()
+        synchronize(device)
+        started = Stamp.now()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        elapsed = Stamp.now().since(started)
+        timings[name] = {"ms_per_step": 1000 * elapsed.wall / steps, "cpu_ms_per_step": 1000 * elapsed.cpu / steps}
+    print(f"  stacked step K={count}: " + ", ".join(f"{n} {t['ms_per_step']:.1f} ms" for n, t in timings.items()))
+    return {"k": count, "preset": args.stack_preset, "timings": timings}
+
+
+def print_stacked_step(rows: list[dict], args: argparse.Namespace) -> None:
+    if not rows:
+        return
+    print(f"\nforward + backward of K {args.stack_preset}-preset nets on one crop each, ms per step (CPU ms):")
+    print("| K | grouped conv | vmap | K nets one after another |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        cells = [f"{t['ms_per_step']:.1f} ({t['cpu_ms_per_step']:.1f})" for t in r["timings"].values()]
+        print(f"| {r['k']} | " + " | ".join(cells) + " |")
 
 
 # --- torch.compile ---
@@ -411,6 +469,8 @@ def split(text: str) -> list[str]:
 # --- tables ---
 
 def print_preset_table(rows: list[dict], args: argparse.Namespace) -> None:
+    if not rows:
+        return
     print("\n| preset | crop x batch | steps timed | steps/s | naive steps/s | ratio | per CPU-s: steps, naive, ratio "
           "| GFLOP/step | achieved TFLOP/s | MFU | peak | peak memory (MiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -428,12 +488,12 @@ def print_preset_table(rows: list[dict], args: argparse.Namespace) -> None:
 def print_end_to_end(rows: list[dict], args: argparse.Namespace) -> None:
     if not rows:
         return
-    print("\n| preset | 512x512 -> | training steps (max_iters) | seconds per job | training s | inference s "
-          "| CPU-s (training) | peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| preset | 512x512 -> | training steps (max_iters) | self-check (fallback) | seconds per job | training s "
+          "| inference s | CPU-s (training) | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['preset']} | {r['output'][0]}x{r['output'][1]} | {r['train_steps']} ({r['max_iters']}) "
-              f"| {r['seconds']:.2f} | {r['train_seconds']:.2f} | {r['inference_seconds']:.2f} "
+              f"| {'on' if r['self_check'] else 'off'} ({r['fallback']}) | {r['seconds']:.2f} | {r['train_seconds']:.2f} | {r['inference_seconds']:.2f} "
               f"| {r['cpu_seconds']:.1f} ({r['train_cpu_seconds']:.1f}) "
               f"| {r['peak_memory_mib']:.0f} |")
 
