@@ -66,6 +66,7 @@ def test_each_packed_job_gives_what_it_gives_alone(photos, packing):
     ("vmap", {"scale_factors": [1.5], "max_iters": 10, "init_net_for_each_sf": True}, FLOAT32_TOLERANCE),
     ("grouped", {"output_flip": True, "ensemble_size": 8, "back_projection_iters": [3]}, FLOAT32_TOLERANCE),
     ("grouped", {"precision": "bfloat16"}, BFLOAT16_TOLERANCE),
+    ("grouped", {"precision": "bfloat16", "channels_last": True}, BFLOAT16_TOLERANCE),  # as balanced and paper
     ("vmap", {"precision": "bfloat16"}, BFLOAT16_TOLERANCE),
 ])
 def test_packed_outputs_match_the_core_within_float_tolerance(photos, packing, overrides, tolerance):
