@@ -110,6 +110,16 @@ class JobMetrics(BaseModel):
     device: str | None
 
 
+class JobKernel(BaseModel):
+    """The blur kernel the ZSSR run made its lr_sons with, when it was estimated (kernel=estimate, KernelGAN)."""
+    size: list[int] = Field(description="[rows, columns]")
+    values: list[list[float]] = Field(description="the kernel's rows; the values sum to 1")
+    source: str = Field(description="estimated (KernelGAN on the image itself)")
+    shrink: float | None = Field(None, description="how much the estimate was narrowed to explain the input "
+                                                   "(1.0: as estimated)")
+    estimation_seconds: float | None = None
+
+
 class WebhookDelivery(BaseModel):
     event: str
     webhook_id: str
@@ -149,6 +159,7 @@ class JobPublic(BaseModel):
     progress: JobProgress
     error: JobError | None
     metrics: JobMetrics
+    kernel: JobKernel | None = None  # null unless the job estimated its blur kernel
     webhook: JobWebhook
     cancel_requested: bool = False
     urls: JobUrls

@@ -270,14 +270,39 @@ def _release_cuda_memory() -> None:
 
 
 def sr_metrics(output: Any) -> dict[str, str]:
-    """train_steps and device from the output's info["sr"], when the core reports them."""
+    """The job fields the core reports in the output's info["sr"]: train_steps, device, the blur kernel (JSON)."""
     info = getattr(output, "info", {}).get("sr") or {}
     found = {}
     if info.get("train_steps") is not None:
         found["train_steps"] = str(int(info["train_steps"]))
     if info.get("device"):
         found["device"] = str(info["device"])
+    kernel = kernel_record(info)
+    if kernel is not None:
+        found["kernel"] = json.dumps(kernel)
     return found
+
+
+# sr names where its kernel came from by the `kernel` argument; the job says what that means.
+KERNEL_SOURCES = {"estimate": "estimated", "given": "given"}
+
+
+def kernel_record(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The blur kernel the lr_sons were made with, as the job shows it; None for sr's own cubic downscaling.
+
+    {"size": [kh, kw], "values": [[...]] (rows, summing to 1), "source": "estimated", "shrink": the factor sr
+    narrowed KernelGAN's estimate by to explain the input (1.0 = as estimated), "estimation_seconds": ...}."""
+    values = info.get("kernel")
+    if not values:
+        return None
+    source = info.get("kernel_source")
+    record: dict[str, Any] = {"size": [len(values), len(values[0])], "values": values,
+                              "source": KERNEL_SOURCES.get(source, source)}
+    if info.get("kernel_shrink") is not None:
+        record["shrink"] = float(info["kernel_shrink"])
+    if info.get("kernel_estimation_seconds") is not None:
+        record["estimation_seconds"] = float(info["kernel_estimation_seconds"])
+    return record
 
 
 class Heartbeat:

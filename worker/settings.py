@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QUEUES = ("gpu", "light")  # gpu: ZSSR training; light: bicubic jobs and webhook deliveries
 METHOD_QUEUE = {"zssr": "gpu", "bicubic": "light"}
+# The scales KernelGAN estimates a kernel for (sr.kernelgan.SUPPORTED_SF, the same on both axes): repeated here so
+# that the API refuses kernel=estimate at another scale without importing the core (tests/worker checks they agree).
+KERNEL_ESTIMATION_SCALES = (2.0, 4.0)
 # The exit status of a worker whose watchdog ended a stuck run (worker/runs.py): `python -m worker` restarts it.
 EXIT_STUCK_RUN = 75
 

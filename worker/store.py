@@ -475,6 +475,7 @@ def public_job(fields: dict[str, str], deliveries: list[str] | None = None) -> d
         "progress": _progress(fields),
         "error": _loads(fields.get("error")),
         "metrics": metrics,
+        "kernel": _loads(fields.get("kernel")),  # the estimated blur kernel (worker/runs.py kernel_record), or null
         "webhook": {
             "url": fields.get("webhook_url") or None,
             "attempts": int(fields.get("webhook_attempts") or 0),

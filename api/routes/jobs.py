@@ -20,7 +20,7 @@ from api.errors import ApiError
 from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
 from worker.images import MIN_SIDE, OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
-from worker.settings import METHOD_QUEUE, Settings
+from worker.settings import KERNEL_ESTIMATION_SCALES, METHOD_QUEUE, Settings
 from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
 from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
 
@@ -102,6 +102,15 @@ def check_crop(crop: Crop, width: int, height: int) -> None:
                        f"{width}x{height} image (x + w must be <= {width} and y + h <= {height})")
 
 
+def check_kernel_scale(params: JobCreate) -> None:
+    """KernelGAN estimates a kernel for x2 or x4 only: refuse another scale now rather than fail the job later."""
+    if params.method == "zssr" and params.kernel == "estimate" and params.scale not in KERNEL_ESTIMATION_SCALES:
+        scales = " or ".join(f"{scale:g}" for scale in KERNEL_ESTIMATION_SCALES)
+        raise ApiError(422, "invalid_parameters",
+                       f"kernel: estimating the blur kernel (KernelGAN) works at scale {scales} only, got scale "
+                       f"{params.scale:g}; use kernel=bicubic for this scale")
+
+
 async def check_webhook_target(url: str, settings: Settings) -> None:
     if settings.webhook_key is None:
         raise ApiError(422, "webhooks_disabled", "this service has no UPSCALER_WEBHOOK_SECRET, so it sends no webhooks")
@@ -118,6 +127,7 @@ async def check_webhook_target(url: str, settings: Settings) -> None:
 async def create_job(request: Request, settings: SettingsDep, store: StoreDep, owner: CurrentKey) -> JSONResponse:
     """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
     params, image = await read_submission(request, settings)
+    check_kernel_scale(params)
     try:
         if len(image) <= INLINE_DECODE_BYTES:  # decodes in well under a millisecond: a thread hop costs more
             info = inspect_image(image, settings.max_input_pixels)

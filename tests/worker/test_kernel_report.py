@@ -1,0 +1,48 @@
+"""The estimated blur kernel on its way from sr's result.info into the job record (worker/runs.py, worker/store.py)."""
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from sr import kernelgan
+from worker.runs import kernel_record, sr_metrics
+from worker.settings import KERNEL_ESTIMATION_SCALES
+from worker.store import new_job_fields, new_job_id, public_job
+
+KERNEL = [[0.0, 0.125, 0.0], [0.125, 0.5, 0.125], [0.0, 0.125, 0.0]]
+
+
+def _output(**info) -> Image.Image:
+    output = Image.new("RGB", (4, 4))
+    output.info["sr"] = {"method": "zssr", "train_steps": 40, "device": "cpu", **info}
+    return output
+
+
+def test_an_estimated_kernel_is_reported_with_its_size_source_and_shrink():
+    fields = sr_metrics(_output(kernel=KERNEL, kernel_source="estimate", kernel_shrink=0.5,
+                                kernel_estimation_seconds=1.25))
+    assert fields["train_steps"] == "40" and fields["device"] == "cpu"
+    assert json.loads(fields["kernel"]) == {"size": [3, 3], "values": KERNEL, "source": "estimated", "shrink": 0.5,
+                                            "estimation_seconds": 1.25}
+
+
+def test_a_non_square_kernel_reports_rows_then_columns():
+    assert kernel_record({"kernel": [[0.25, 0.5, 0.25]], "kernel_source": "given"})["size"] == [1, 3]
+
+
+def test_cubic_downscaling_reports_no_kernel():
+    assert "kernel" not in sr_metrics(_output(kernel_source="bicubic"))
+    assert "kernel" not in sr_metrics(Image.new("RGB", (4, 4)))  # bicubic jobs: no info["sr"] kernel at all
+
+
+def test_the_job_shows_the_stored_kernel_or_null():
+    fields = new_job_fields(new_job_id(), "owner", params={"scale": 2.0}, input_info={}, output_info={},
+                            queue="gpu", webhook_url=None, ttl=60, now=1.0)
+    assert public_job(fields)["kernel"] is None
+    fields["kernel"] = sr_metrics(_output(kernel=KERNEL, kernel_source="estimate"))["kernel"]
+    assert public_job(fields)["kernel"] == {"size": [3, 3], "values": KERNEL, "source": "estimated"}
+
+
+def test_the_api_refuses_the_scales_the_core_cannot_estimate_a_kernel_for():
+    assert set(KERNEL_ESTIMATION_SCALES) == {float(sf) for sf in kernelgan.SUPPORTED_SF}
