@@ -121,6 +121,31 @@ def test_invalid_parameters_are_422(client, fields, code):
     assert response.status_code == 422 and response.json()["error"]["code"] == code, response.text
 
 
+@pytest.mark.parametrize("scale", ["3", "2.5", "8", "1.5"])
+def test_kernel_estimation_at_a_scale_other_than_2_or_4_is_422_at_submission(client, store, scale):
+    response = client.post("/v1/jobs", files={"image": ("in.png", png_bytes(), "image/png")},
+                           data={"method": "zssr", "kernel": "estimate", "scale": scale})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_parameters"
+    assert error["message"].startswith("kernel: ") and "scale 2 or 4" in error["message"], error
+
+
+def test_kernel_estimation_is_accepted_at_x2_and_x4_and_ignored_by_bicubic(client):
+    for scale in ("2", "4.0"):
+        job = _create_without_running(client, method="zssr", kernel="estimate", scale=scale)
+        assert job["params"]["kernel"] == "estimate" and job["kernel"] is None  # null until a run estimated it
+    done = wait_for(client, submit(client, png_bytes(), method="bicubic", kernel="estimate", scale=3)["id"])
+    assert done["status"] == "succeeded" and done["kernel"] is None
+
+
+def _create_without_running(client, **fields) -> dict:
+    """Submit a ZSSR job and cancel it at once: the test is about what the submission accepts, not the run."""
+    job = submit(client, png_bytes(), **fields)
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    return job
+
+
 def test_bad_uploads_get_their_documented_status(make_client):
     client = make_client(max_upload_bytes=20_000, max_output_pixels=100 * 100)
     cases = [

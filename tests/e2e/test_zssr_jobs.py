@@ -109,3 +109,18 @@ def test_a_worker_stopped_with_sigterm_hands_its_running_job_back(client, store,
         if extra.poll() is None:
             extra.kill()
             extra.wait()
+
+
+def test_a_kernel_estimate_job_reports_the_estimated_kernel_in_the_job(client):
+    # kernel_estimation_iters is 10 in the tiny overrides: KernelGAN runs for real, briefly, on the photo
+    job = submit(client, photo_bytes(), method="zssr", preset="fast", scale=2, kernel="estimate", seed=3)
+    assert job["kernel"] is None
+    done = wait_for(client, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    kernel = done["kernel"]
+    rows, columns = kernel["size"]
+    assert kernel["source"] == "estimated" and rows == len(kernel["values"]) and columns == len(kernel["values"][0])
+    assert rows >= 3 and columns >= 3
+    assert abs(sum(map(sum, kernel["values"])) - 1.0) < 1e-3 and min(map(min, kernel["values"])) >= -1e-6
+    assert 0 < kernel["shrink"] <= 1 and kernel["estimation_seconds"] > 0
+    assert done["params"]["kernel"] == "estimate"

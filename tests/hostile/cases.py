@@ -90,6 +90,10 @@ def _parameter_cases() -> list[Case]:
             code = "webhook_url_refused" if name == "webhook_url" else "invalid_parameters"
             cases.append(Case(f"field:{name}={value!r}", 422, code, file="rgba.png",
                               fields={"method": "bicubic", name: value}))
+    # KernelGAN estimates kernels for x2 and x4 only: another scale is refused at submission, not failed later.
+    for scale in ("3", "2.5", "8"):
+        cases.append(Case(f"field:kernel='estimate' with zssr at scale {scale}", 422, "invalid_parameters",
+                          file="rgba.png", fields={"method": "zssr", "kernel": "estimate", "scale": scale}))
     return cases
 
 
