@@ -22,6 +22,8 @@ const ui = {
   forgetKey: $('forget-key'), form: $('job-form'), dropZone: $('drop-zone'), file: $('file'),
   fileStatus: $('file-status'), preview: $('preview'), previewImg: $('preview-img'), regionBox: $('region-box'),
   scale: $('scale'), method: $('method'), preset: $('preset'), useRegion: $('use-region'),
+  kernelOption: $('kernel-option'), estimateKernel: $('estimate-kernel'),
+  kernelFigure: $('kernel-figure'), kernelCanvas: $('kernel-canvas'), kernelCaption: $('kernel-caption'),
   regionNote: $('region-note'), cropX: $('crop-x'), cropY: $('crop-y'), cropW: $('crop-w'), cropH: $('crop-h'),
   randomRegion: $('random-region'), centreRegion: $('centre-region'), submit: $('submit'), cancel: $('cancel'),
   message: $('message'), progressCard: $('progress-card'), progressBar: $('progress-bar'),
@@ -361,6 +363,7 @@ function submission(file, method) {
   form.append('scale', ui.scale.value);
   form.append('method', method);
   if (method === 'zssr') form.append('preset', ui.preset.value);
+  if (method === 'zssr' && ui.estimateKernel.checked) form.append('kernel', 'estimate');
   if (ui.useRegion.checked) {
     const r = readRegion();
     form.append('crop', `${r.x},${r.y},${r.width},${r.height}`);
@@ -572,9 +575,40 @@ async function showResult(job, run, baseline) {
   ui.resultSummary.textContent = `${job.input.width}×${job.input.height}${region} → ` +
     `${job.output.width}×${job.output.height}, ${formatBytes(blob.size)}; ${seconds(job.metrics.run_seconds)}` +
     `${steps}${device}.${beforeNote}`;
+  drawKernel(job.kernel);
   ui.resultCard.hidden = false;
   ui.download.focus();
 }
+
+// The estimated blur kernel (job.kernel, kernel=estimate) as a small grey image: one canvas pixel per kernel tap,
+// scaled up by CSS without smoothing; white is the largest weight.
+function drawKernel(kernel) {
+  ui.kernelFigure.hidden = !kernel;
+  if (!kernel) return;
+  const [rows, columns] = kernel.size;
+  const largest = Math.max(...kernel.values.flat(), 1e-12);
+  ui.kernelCanvas.width = columns;
+  ui.kernelCanvas.height = rows;
+  const context = ui.kernelCanvas.getContext('2d');
+  const pixels = context.createImageData(columns, rows);
+  kernel.values.flat().forEach((value, i) => {
+    const grey = Math.round(255 * Math.max(0, value) / largest);
+    pixels.data.set([grey, grey, grey, 255], i * 4);
+  });
+  context.putImageData(pixels, 0, 0);
+  const source = kernel.source === 'estimated' ? 'estimated by KernelGAN' : kernel.source;
+  // shrink < 1: the core narrowed KernelGAN's estimate until it could explain the photo (sr/blind.py)
+  const narrowed = kernel.shrink != null && kernel.shrink < 1 ? `, narrowed ×${kernel.shrink} to fit the photo` : '';
+  ui.kernelCaption.textContent = `Blur kernel ${source}${narrowed}: ${rows}×${columns} pixels, enlarged (white = ` +
+    'largest weight). ZSSR trained on examples blurred with it.';
+}
+
+// Kernel estimation is part of ZSSR: the choice is offered only with it.
+function showKernelOption() {
+  ui.kernelOption.hidden = ui.method.value !== 'zssr';
+}
+ui.method.addEventListener('change', showKernelOption);
+showKernelOption();
 
 function setSplit(percent) {
   ui.compare.style.setProperty('--split', `${percent}%`);

@@ -256,3 +256,35 @@ def test_a_training_job_is_canceled_from_the_keyboard(demo_server, open_browser)
     page.keyboard.press("Enter")
     page.get_by_text("The job was canceled.").wait_for(timeout=10_000)
     assert page.locator("#result-card").is_hidden() and page.is_enabled("#submit")
+
+
+@pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
+def test_an_estimated_blur_kernel_is_drawn_as_a_small_grey_image(demo_server, open_browser, artifacts):
+    base = demo_server()
+    page = open_browser().new_page()
+    page.goto(base)
+    drop_file(page, photo_bytes(), "astronaut.png", "image/png")
+    page.get_by_text("astronaut.png: 64×48 pixels").wait_for()
+    page.select_option("#method", "bicubic")
+    assert not page.locator("#estimate-kernel").is_visible()  # a ZSSR option only
+    page.select_option("#method", "zssr")
+    page.select_option("#preset", "fast")
+    page.check("#estimate-kernel")
+    page.click("#submit")
+    page.locator("#kernel-figure").wait_for(state="visible", timeout=120_000)
+    jobs = httpx.get(f"{base}/v1/jobs", params={"status": "succeeded", "limit": 5}).json()["jobs"]
+    job = next(j for j in jobs if j["params"]["method"] == "zssr")  # the page's job (its bicubic baseline is newer)
+    rows, columns = job["kernel"]["size"]
+    assert job["params"]["kernel"] == "estimate" and job["kernel"]["source"] == "estimated"
+    canvas = page.eval_on_selector("#kernel-canvas", """c => {
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const greys = [];
+        for (let i = 0; i < data.length; i += 4) greys.push(data[i]);
+        return {width: c.width, height: c.height, shownWidth: c.getBoundingClientRect().width,
+                greys, grey: Array.from(data).every((v, i) => i % 4 === 3 || v === data[i - i % 4])};
+    }""")
+    assert (canvas["height"], canvas["width"]) == (rows, columns)
+    assert canvas["grey"] and max(canvas["greys"]) == 255 and min(canvas["greys"]) < 255  # grey levels, white at most
+    assert canvas["shownWidth"] >= 4 * columns  # scaled up to be seen
+    assert f"{rows}×{columns}" in page.locator("#kernel-caption").inner_text()
+    page.screenshot(path=str(artifacts / "demo-kernel-finished.png"), full_page=True)
