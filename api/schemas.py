@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Method = Literal["zssr", "bicubic"]
 Preset = Literal["fast", "balanced", "paper"]
 Kernel = Literal["bicubic", "estimate"]
+Denoise = Literal["off", "auto"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
@@ -49,6 +50,7 @@ class JobCreate(BaseModel):
     method: Method = "zssr"
     preset: Preset = "balanced"
     kernel: Kernel = "bicubic"
+    denoise: Denoise = Field("off", description="ZSSR: auto = estimate the photo's noise and train to remove it")
     output_format: OutputFormat = "png"
     webhook_url: str | None = Field(None, max_length=2048)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
@@ -70,6 +72,7 @@ class JobParams(BaseModel):
     method: Method
     preset: Preset
     kernel: Kernel = "bicubic"
+    denoise: Denoise = "off"
     output_format: OutputFormat
     seed: int | None = None
     crop: Crop | None = None

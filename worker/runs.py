@@ -230,8 +230,9 @@ def upscale_job(image: Any, params: dict[str, Any], settings: Settings, control:
         hooks = {"checkpoint": control.save_checkpoint, "resume": resume} if zssr and SR_CHECKPOINTS else {}
         try:
             return sr.upscale(image, params["scale"], method=params["method"], preset=params["preset"],
-                              kernel=params["kernel"], config=config, device=settings.device, seed=params.get("seed"),
-                              progress=control.progress, should_stop=control.should_stop, **hooks)
+                              kernel=params["kernel"], denoise=params.get("denoise", "off"), config=config,
+                              device=settings.device, seed=params.get("seed"), progress=control.progress,
+                              should_stop=control.should_stop, **hooks)
         except sr.InvalidInput:
             if resume is None:
                 raise

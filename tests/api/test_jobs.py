@@ -114,7 +114,7 @@ def test_an_expired_job_is_410(make_client):
     ({"scale": "1"}, "invalid_parameters"), ({"scale": "abc"}, "invalid_parameters"),
     ({"method": "magic"}, "invalid_parameters"), ({"preset": "ultra"}, "invalid_parameters"),
     ({"output_format": "gif"}, "invalid_parameters"), ({"seed": "-3"}, "invalid_parameters"),
-    ({"unknown_field": "1"}, "invalid_parameters"),
+    ({"unknown_field": "1"}, "invalid_parameters"), ({"denoise": "strong"}, "invalid_parameters"),
 ])
 def test_invalid_parameters_are_422(client, fields, code):
     response = client.post("/v1/jobs", files={"image": ("in.png", png_bytes(), "image/png")}, data=fields)
@@ -137,6 +137,15 @@ def test_kernel_estimation_is_accepted_at_x2_and_x4_and_ignored_by_bicubic(clien
         assert job["params"]["kernel"] == "estimate" and job["kernel"] is None  # null until a run estimated it
     done = wait_for(client, submit(client, png_bytes(), method="bicubic", kernel="estimate", scale=3)["id"])
     assert done["status"] == "succeeded" and done["kernel"] is None
+
+
+def test_denoise_is_off_unless_asked_and_kept_in_the_params(client):
+    plain = submit(client, png_bytes(), method="bicubic")
+    assert plain["params"] == {"scale": 2.0, "method": "bicubic", "preset": "balanced", "kernel": "bicubic",
+                               "denoise": "off", "output_format": "png", "seed": None, "crop": None}
+    job = _create_without_running(client, method="zssr", denoise="auto")
+    assert job["params"]["denoise"] == "auto"
+    wait_for(client, plain["id"])
 
 
 def _create_without_running(client, **fields) -> dict:

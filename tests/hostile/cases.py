@@ -78,7 +78,7 @@ def _file_cases() -> list[Case]:
 
 def _parameter_cases() -> list[Case]:
     bad = {"scale": ["0", "-1", "NaN", "100", "abc", "inf", "", "1", "8.0000001", "1e309"],
-           "preset": ["ultra", ""], "method": ["magic", "ZSSR"], "kernel": ["gaussian"],
+           "preset": ["ultra", ""], "method": ["magic", "ZSSR"], "kernel": ["gaussian"], "denoise": ["strong"],
            "output_format": ["gif", "png;rm -rf /"], "seed": ["-1", str(2 ** 64), "1.5"],
            "webhook_url": ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data/", "http://localhost/x",
                            "http://[::1]/x", "http://0x7f.1/x", "http://2130706433/x", "gopher://example.com/",

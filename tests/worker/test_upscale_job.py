@@ -1,0 +1,35 @@
+"""The worker's call of sr for one job (worker/runs.py upscale_job): the job's parameters reach the core."""
+from __future__ import annotations
+
+import secrets
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sr
+from worker.runs import RunControl, upscale_job
+from worker.settings import Settings
+
+pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"), reason="the ZSSR core has not landed yet")
+TINY = {"fast": {"max_iters": 4, "min_iters": 4, "crop_size": 16, "width": 8, "depth": 3, "run_test_every": 2,
+                 "back_projection_iters": [1], "output_flip": False, "threads": 1}}
+
+
+def _noisy_image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(60, 190, 32)[None, :, None] + np.zeros((32, 1, 3))
+    return Image.fromarray(np.clip(ramp + rng.normal(0, 12, ramp.shape), 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("denoise", ["off", "auto"])
+def test_the_jobs_denoise_reaches_the_core(store, redis_server, denoise):
+    settings = Settings(redis_url=redis_server.url, device="cpu", zssr_overrides=TINY, lease_seconds=3600)
+    control = RunControl(store, "denoise-" + secrets.token_hex(8), secrets.token_hex(8), settings,
+                         leased_at=time.monotonic())
+    params = {"method": "zssr", "preset": "fast", "scale": 2.0, "kernel": "bicubic", "denoise": denoise, "seed": 1}
+    output = upscale_job(_noisy_image(), params, settings, control, resume=None)
+    assert output.size == (64, 64)
+    noise_std = output.info["sr"]["noise_std"]
+    assert (noise_std > 0.01) if denoise == "auto" else noise_std == 0.0, noise_std  # about 12/255 was added
