@@ -166,7 +166,10 @@ class ProgressBar:
                             file=sys.stderr, dynamic_ncols=True, leave=True)
         if progress.total_steps != self.bar.total:  # an upper bound that the core may revise
             self.bar.total = progress.total_steps
-        self.bar.n = progress.step
+        if progress.step >= self.bar.n:
+            self.bar.update(progress.step - self.bar.n)  # through update(), so tqdm's rate is right
+        else:
+            self.bar.n = progress.step
         postfix = {}
         if progress.loss is not None:
             postfix["loss"] = f"{progress.loss:.4g}"
@@ -225,6 +228,8 @@ def _output_format(path: Path) -> str:
                          f"use .png, .jpg, .webp or .tif")
     if not path.parent.is_dir():
         raise UsageError(f"{path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{path}: the folder {path.parent} is not writable")
     return output_format
 
 
@@ -239,6 +244,8 @@ def _open_image(path: Path) -> Image.Image:
             image.load()
     except UnidentifiedImageError:
         raise UsageError(f"{path}: not an image Pillow can read") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied") from None
     except Image.DecompressionBombError as exc:
         raise UsageError(f"{path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:

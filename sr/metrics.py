@@ -99,8 +99,8 @@ def _as_float_255(image) -> np.ndarray:
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("RGB", "RGBA", "L", "LA"):
         return np.asarray(image)
-    if image.mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)  # native byte order
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grey (32-bit "I" clipped to it), native order
+        return np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
     return np.asarray(image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB"))
 
 

@@ -78,6 +78,8 @@ def test_alpha_is_ignored_and_sixteen_bit_grey_is_on_the_eight_bit_scale():
     grey16 = Image.fromarray(a[..., 0].astype(np.uint16) * 257)
     assert grey16.mode == "I;16"
     assert psnr(grey16, Image.fromarray(b[..., 0])) == pytest.approx(psnr(a[..., 0], b[..., 0]))
+    grey32 = Image.fromarray(a[..., 0].astype(np.int32) * 257)  # mode I: 16-bit values in 32-bit samples
+    assert grey32.mode == "I" and psnr(grey32, grey16) == math.inf
 
 
 def test_bad_pairs_are_refused_with_a_clear_message():
