@@ -9,6 +9,8 @@ The child reports its peak resident set (getrusage ru_maxrss) after importing to
   nice python bench/memory.py                         # fast preset, 20 training steps
   nice python bench/memory.py --preset balanced --steps 20
   python bench/memory.py --preset fast --overrides '{"inference_memory_mb": 128}'
+  nice python bench/memory.py --preset balanced --steps 10 --overrides '{"width": 8, "depth": 4, "self_check": false}'
+      # the 8-pass ensemble's memory with a cheap net (the full balanced net takes tens of minutes on 2 cores)
 """
 from __future__ import annotations
 
@@ -66,6 +68,9 @@ def run_parent(args: argparse.Namespace) -> int:
           f"{figures['training_wall_s']:.1f} / {figures['training_cpu_s']:.1f} | "
           f"{figures['inference_wall_s']:.1f} / {figures['inference_cpu_s']:.1f} | {figures['inference_steps']} |")
     print(f"info: {json.dumps(figures['info'], default=str)}")
+    if (figures["info"] or {}).get("fallback") == "cubic":
+        print("warning: the self-check fell back to cubic, so the net never ran at full size and this peak is not "
+              "the inference's; run again with --overrides '{\"self_check\": false}'")
     return 0
 
 

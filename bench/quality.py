@@ -37,7 +37,9 @@ import sr  # noqa: E402
 from sr.evaluate import (BICUBIC, EvalRow, degrade, format_table, run_method, shave_for,  # noqa: E402
                          summarize, zssr_label)
 
-SET14 = ROOT.parent / "shared" / "data" / "Set14"
+# ../shared/data/Set14 beside the checkout (SPEC-zssr.md); a git worktree sits one level deeper, so look upward.
+SET14 = next((folder / "shared" / "data" / "Set14" for folder in ROOT.parents
+              if (folder / "shared" / "data" / "Set14").is_dir()), ROOT.parent / "shared" / "data" / "Set14")
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "ihc")
 _SKIMAGE_NAMES = {"ihc": "immunohistochemistry"}
 _LARGEST_SIDE = 512
@@ -50,7 +52,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--photos", nargs="*", default=list(PHOTOS), choices=PHOTOS,
                         help="which scikit-image photos (default all five; none with --set14 for Set14 alone)")
-    parser.add_argument("--set14", action="store_true", help=f"also the photos in {SET14}")
+    parser.add_argument("--set14", action="store_true", help="also the Set14 photos")
+    parser.add_argument("--set14-dir", type=Path, default=SET14, help=f"where they are (default {SET14})")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -63,7 +66,9 @@ def main() -> int:
     configs = {preset: sr.config_for(preset, overrides) if overrides else None for preset in args.preset}
     photos = {name: skimage_photo(name) for name in args.photos}
     if args.set14:
-        photos.update({path.stem: Image.open(path) for path in sorted(SET14.glob("*.png"))})
+        photos.update({path.stem: Image.open(path) for path in sorted(args.set14_dir.glob("*.png"))})
+    if not photos:
+        parser.error(f"no photos to measure (is {args.set14_dir} there?)")
     setting = describe_setting(args)
     print(f"# sr quality, x{args.scale:g}: {setting['torch_threads']} torch threads, device "
           f"{args.device or 'default'}, load average {setting['load_average_start']}", file=sys.stderr, flush=True)

@@ -5,7 +5,9 @@ Pillow, the lr_son made with Pillow resizes, NumPy -> tensor, NCHW float32, and 
 `sr` runs its own `train_stage`: fathers from the tensor pool, sons with tensor resizes, the loss kept on the
 device. Both see the same image (astronaut, degraded x2 to 256x256) and skip the reconstruction tests (the
 naive loop has none), so the figures compare the steps alone. The two loops alternate in rounds, so a busy
-machine slows both alike; wall and CPU seconds are both printed.
+machine slows both alike; wall and CPU seconds are both printed. On a machine that other processes keep busy,
+use --threads 1: two OpenMP threads on two busy cores spin-wait for each other (measured here under a load
+average of 8: 445 ms a step with 2 threads against 36 ms with 1, for the fast preset's net).
 
     PYTHONPATH=. python bench/train_speed.py [--steps 30] [--rounds 3] [--threads 2]
 """
@@ -118,7 +120,7 @@ def main() -> None:
             totals[name][1] += cpu
     steps = args.steps * args.rounds
     print(f"training steps at crop {paper.crop_size}, net {paper.depth}x{paper.width}, batch 1, "
-          f"{args.threads} threads, {steps} steps per loop in {args.rounds} alternating rounds")
+          f"torch threads {args.threads}, {steps} steps per loop in {args.rounds} alternating rounds")
     naive_wall = totals[next(iter(loops))][0]
     for name, (wall, cpu) in totals.items():
         print(f"  {name:48s} {steps / wall:6.2f} steps/s  ({1000 * wall / steps:6.1f} ms/step wall, "
