@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sr  # noqa: E402
-from sr import degradations, kernelgan  # noqa: E402
+from sr import blind, degradations, kernelgan  # noqa: E402
 from sr.config import config_for  # noqa: E402
 from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, son_of  # noqa: E402
@@ -136,6 +136,9 @@ class KernelRow:
     lr_psnr_estimated: float
     lr_psnr_bicubic: float
     shrink: float = 1.0  # the plausibility check's covariance factor (sr.upscale only; 1.0 = kept as estimated)
+    # The factor the same check gives the TRUE kernel: below 1.0 it would have shrunk the right answer, a false
+    # alarm of the check (it reads the ground truth, so it is a diagnostic, never a run-time input).
+    true_kernel_shrink: float = 1.0
 
 
 def kernel_row(case: KernelCase, sf: int, iters: int, seed: int) -> tuple[KernelRow, np.ndarray]:
@@ -200,7 +203,8 @@ def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> Blind
     kernel_result = KernelRow(image=case.name, sf=sf, iters=iters, seconds=round(info["kernel_estimation_seconds"], 1),
                               kernel_mse=float(degradations.kernel_mse(estimated, case.kernel)),
                               lr_psnr_estimated=round(rgb_psnr(by_estimate, truth), 2),
-                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"])
+                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"],
+                              true_kernel_shrink=blind.plausible_kernel(case.lr, case.kernel, sf)[1])
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic,
                     zssr_bicubic_kernel=score(plain, case.hr, sf, plain_seconds),
                     zssr_estimated_kernel=score(with_estimate, case.hr, sf, estimate_seconds),
@@ -237,13 +241,13 @@ def print_blind_table(rows: list[BlindRow], preset: str) -> None:
     print(f"\nKernel set: PSNR (dB, Y) / SSIM; ZSSR preset {preset}; seconds of the estimated-kernel run include "
           "KernelGAN")
     print("| image | sf | bicubic | ZSSR bicubic kernel | ZSSR estimated kernel | ZSSR true kernel | kernel MSE | "
-          "LR PSNR est / bicubic k | shrink | s (plain / est / true) |")
+          "LR PSNR est / bicubic k | shrink est / true k | s (plain / est / true) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         tuned = " (tuned)" if row.image in TUNED_ON else ""
         print(f"| {row.image}{tuned} | x{row.sf} | {_cell(row.bicubic)} | {_cell(row.zssr_bicubic_kernel)} | "
               f"{_cell(row.zssr_estimated_kernel)} | {_cell(row.zssr_true_kernel)} | {row.kernel.kernel_mse:.2e} | "
-              f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | {row.kernel.shrink:.2f} | "
+              f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | {row.kernel.shrink:.2f} / {row.kernel.true_kernel_shrink:.2f} | "
               f"{row.zssr_bicubic_kernel.seconds:.0f} / {row.zssr_estimated_kernel.seconds:.0f} / "
               f"{row.zssr_true_kernel.seconds:.0f} |")
     for sf in sorted({row.sf for row in rows}):
