@@ -247,7 +247,8 @@ def print_blind_table(rows: list[BlindRow], preset: str) -> None:
         tuned = " (tuned)" if row.image in TUNED_ON else ""
         print(f"| {row.image}{tuned} | x{row.sf} | {_cell(row.bicubic)} | {_cell(row.zssr_bicubic_kernel)} | "
               f"{_cell(row.zssr_estimated_kernel)} | {_cell(row.zssr_true_kernel)} | {row.kernel.kernel_mse:.2e} | "
-              f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | {row.kernel.shrink:.2f} / {row.kernel.true_kernel_shrink:.2f} | "
+              f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | "
+              f"{row.kernel.shrink:.2f} / {row.kernel.true_kernel_shrink:.2f} | "
               f"{row.zssr_bicubic_kernel.seconds:.0f} / {row.zssr_estimated_kernel.seconds:.0f} / "
               f"{row.zssr_true_kernel.seconds:.0f} |")
     for sf in sorted({row.sf for row in rows}):

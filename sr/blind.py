@@ -131,7 +131,8 @@ def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSS
 # just under the limit (camera 1.45, lenna 1.49, barbara 1.48 x the floor): 10 back-projection steps have not
 # converged for wide kernels, so the residual measures slow convergence as much as impossibility. With 30 steps the
 # true kernels fall to <= 1.2 x the floor (baboon 1.65), but chelsea's over-wide estimate (1.5-1.9 x) is then
-# shrunk less than now (ZSSR lost 2 dB on it already), so the step count was left as it is (bench/RESULTS.md, "Blind SR").
+# shrunk less than now (ZSSR lost 2 dB on it already), so the step count was left as it is
+# (bench/RESULTS.md, "Blind SR").
 PLAUSIBLE_RESIDUAL = 1.5
 CONSISTENCY_ITERS = 10
 CONSISTENCY_MAX_SIDE = 192  # the check runs on a central crop of the input at most this big
