@@ -3,6 +3,7 @@
   OMP_NUM_THREADS=1 nice -n 10 python bench/blind.py             # all three parts, markdown tables
   python bench/blind.py --parts kernel --kernel-sweep 100,300,1000,3000   # KernelGAN error against iterations
   python bench/blind.py --json                                    # the rows as JSON on stdout
+  python bench/blind.py --from-json a.json,b.json                 # one kernel-set table from --json-out files
 
 Images: the scikit-image photos astronaut, chelsea, coffee, camera, ihc and a few Set14 files
 (/work/shared/data/Set14), centre-cropped to --crop (high resolution) so that a run is affordable on a CPU.
