@@ -3,6 +3,7 @@
   OMP_NUM_THREADS=1 nice -n 10 python bench/blind.py             # all three parts, markdown tables
   python bench/blind.py --parts kernel --kernel-sweep 100,300,1000,3000   # KernelGAN error against iterations
   python bench/blind.py --json                                    # the rows as JSON on stdout
+  python bench/blind.py --from-json a.json,b.json                 # one kernel-set table from --json-out files
 
 Images: the scikit-image photos astronaut, chelsea, coffee, camera, ihc and a few Set14 files
 (/work/shared/data/Set14), centre-cropped to --crop (high resolution) so that a run is affordable on a CPU.
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sr  # noqa: E402
-from sr import degradations, kernelgan  # noqa: E402
+from sr import blind, degradations, kernelgan  # noqa: E402
 from sr.config import config_for  # noqa: E402
 from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, son_of  # noqa: E402
@@ -55,6 +56,9 @@ SKIMAGE_NAMES = {"ihc": "immunohistochemistry"}
 SET14_DIR = Path("/work/shared/data/Set14")
 SET14_DEFAULT = ("baboon", "comic", "zebra")
 JPEG_QUALITIES = (50, 60, 70, 80, 90)
+# The images sr.blind.PLAUSIBLE_RESIDUAL (1.5) was chosen by looking at: their kernel-set figures are not a fair
+# test of kernel="estimate". Every other image is held out; the table marks these and summarises both groups.
+TUNED_ON = ("astronaut", "chelsea", "coffee", "camera")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -133,6 +137,9 @@ class KernelRow:
     lr_psnr_estimated: float
     lr_psnr_bicubic: float
     shrink: float = 1.0  # the plausibility check's covariance factor (sr.upscale only; 1.0 = kept as estimated)
+    # The factor the same check gives the TRUE kernel: below 1.0 it would have shrunk the right answer, a false
+    # alarm of the check (it reads the ground truth, so it is a diagnostic, never a run-time input).
+    true_kernel_shrink: float = 1.0
 
 
 def kernel_row(case: KernelCase, sf: int, iters: int, seed: int) -> tuple[KernelRow, np.ndarray]:
@@ -197,7 +204,8 @@ def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> Blind
     kernel_result = KernelRow(image=case.name, sf=sf, iters=iters, seconds=round(info["kernel_estimation_seconds"], 1),
                               kernel_mse=float(degradations.kernel_mse(estimated, case.kernel)),
                               lr_psnr_estimated=round(rgb_psnr(by_estimate, truth), 2),
-                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"])
+                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"],
+                              true_kernel_shrink=blind.plausible_kernel(case.lr, case.kernel, sf)[1])
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic,
                     zssr_bicubic_kernel=score(plain, case.hr, sf, plain_seconds),
                     zssr_estimated_kernel=score(with_estimate, case.hr, sf, estimate_seconds),
@@ -223,30 +231,54 @@ def _cell(value: Score) -> str:
     return f"{value.psnr:.2f} / {value.ssim:.4f}"
 
 
+def blind_row_from_dict(row: dict) -> BlindRow:
+    """A BlindRow back from its --json-out form."""
+    scores = {name: Score(**row[name]) for name in
+              ("bicubic", "zssr_bicubic_kernel", "zssr_estimated_kernel", "zssr_true_kernel")}
+    return BlindRow(image=row["image"], sf=row["sf"], kernel=KernelRow(**row["kernel"]), **scores)
+
+
 def print_blind_table(rows: list[BlindRow], preset: str) -> None:
     print(f"\nKernel set: PSNR (dB, Y) / SSIM; ZSSR preset {preset}; seconds of the estimated-kernel run include "
           "KernelGAN")
     print("| image | sf | bicubic | ZSSR bicubic kernel | ZSSR estimated kernel | ZSSR true kernel | kernel MSE | "
-          "LR PSNR est / bicubic k | shrink | s (plain / est / true) |")
+          "LR PSNR est / bicubic k | shrink est / true k | s (plain / est / true) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row.image} | x{row.sf} | {_cell(row.bicubic)} | {_cell(row.zssr_bicubic_kernel)} | "
+        tuned = " (tuned)" if row.image in TUNED_ON else ""
+        print(f"| {row.image}{tuned} | x{row.sf} | {_cell(row.bicubic)} | {_cell(row.zssr_bicubic_kernel)} | "
               f"{_cell(row.zssr_estimated_kernel)} | {_cell(row.zssr_true_kernel)} | {row.kernel.kernel_mse:.2e} | "
-              f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | {row.kernel.shrink:.2f} | "
+              f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | "
+              f"{row.kernel.shrink:.2f} / {row.kernel.true_kernel_shrink:.2f} | "
               f"{row.zssr_bicubic_kernel.seconds:.0f} / {row.zssr_estimated_kernel.seconds:.0f} / "
               f"{row.zssr_true_kernel.seconds:.0f} |")
     for sf in sorted({row.sf for row in rows}):
-        group = [row for row in rows if row.sf == sf]
-        mean = {name: float(np.mean([getattr(row, name).psnr for row in group]))
+        at_sf = [row for row in rows if row.sf == sf]
+        mean = {name: float(np.mean([getattr(row, name).psnr for row in at_sf]))
                 for name in ("bicubic", "zssr_bicubic_kernel", "zssr_estimated_kernel", "zssr_true_kernel")}
         print(f"| **mean** | x{sf} | {mean['bicubic']:.2f} | {mean['zssr_bicubic_kernel']:.2f} | "
               f"{mean['zssr_estimated_kernel']:.2f} | {mean['zssr_true_kernel']:.2f} | "
-              f"{np.mean([row.kernel.kernel_mse for row in group]):.2e} | | | |")
-        gain = mean["zssr_estimated_kernel"] - mean["zssr_bicubic_kernel"]
-        bound = mean["zssr_true_kernel"] - mean["zssr_bicubic_kernel"]
-        print(f"\nx{sf}: estimated kernel vs bicubic assumption {gain:+.2f} dB (target >= +1.00); true-kernel bound "
-              f"{bound:+.2f} dB; the estimate closes {100 * gain / bound if bound else float('nan'):.0f}% of the gap "
-              f"(target >= 50%)")
+              f"{np.mean([row.kernel.kernel_mse for row in at_sf]):.2e} | | | |")
+        groups = {"all": at_sf, "tuned-on": [row for row in at_sf if row.image in TUNED_ON],
+                  "held-out": [row for row in at_sf if row.image not in TUNED_ON]}
+        for label, group in groups.items():
+            if group and (label == "all" or len(group) < len(at_sf)):
+                print_blind_summary(group, sf, label)
+
+
+def print_blind_summary(group: list[BlindRow], sf: int, label: str) -> None:
+    """Mean PSNRs of `group` and the two targets: +1 dB over the bicubic assumption, half the true-kernel gap."""
+    mean = {name: float(np.mean([getattr(row, name).psnr for row in group]))
+            for name in ("bicubic", "zssr_bicubic_kernel", "zssr_estimated_kernel", "zssr_true_kernel")}
+    gain = mean["zssr_estimated_kernel"] - mean["zssr_bicubic_kernel"]
+    bound = mean["zssr_true_kernel"] - mean["zssr_bicubic_kernel"]
+    closed = 100 * gain / bound if bound else float("nan")
+    names = ", ".join(row.image for row in group)
+    print(f"\nx{sf} {label} ({names}): bicubic {mean['bicubic']:.2f}, ZSSR bicubic kernel "
+          f"{mean['zssr_bicubic_kernel']:.2f}, estimated {mean['zssr_estimated_kernel']:.2f}, true "
+          f"{mean['zssr_true_kernel']:.2f} dB; estimated vs bicubic assumption {gain:+.2f} dB (target >= +1.00: "
+          f"{'met' if gain >= 1.0 else 'NOT met'}); true-kernel bound {bound:+.2f} dB; the estimate closes "
+          f"{closed:.0f}% of the gap (target >= 50%: {'met' if closed >= 50 else 'NOT met'})")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -427,6 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
     parser.add_argument("--json-out", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--from-json", default="", help="comma-separated --json-out files: print their kernel-set "
+                        "rows as one table (runs nothing)")
     return parser.parse_args(argv)
 
 
@@ -439,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     config = config_for(args.preset, overrides)
     scale_factors = [int(v) for v in args.sf.split(",") if v]
     report: dict[str, list] = {}
+    if args.from_json:
+        rows = [blind_row_from_dict(row) for path in args.from_json.split(",") if path
+                for row in json.loads(Path(path).read_text()).get("blind", [])]
+        print_blind_table(rows, args.preset)
+        return 0
 
     if "kernel" in parts:
         iteration_counts = [int(v) for v in args.kernel_sweep.split(",") if v] or [args.iters]
