@@ -11,19 +11,24 @@ from torch import nn
 from sr.config import ZSSRConfig
 
 
+def conv_body(channels: int, width: int, depth: int, device: torch.device | str | None) -> nn.Sequential:
+    """`depth` 3x3 convolutions without biases, channels -> width ... width -> channels, ReLU between them."""
+    sizes = [channels] + [width] * (depth - 1) + [channels]
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Conv2d(fan_in, fan_out, kernel_size=3, padding=1, bias=False, device=device))
+        if index < depth - 1:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
 class ZSSRNet(nn.Module):
     """prediction = up_image + body(up_image), where up_image is the cubic pre-upsample ([N,C,H,W])."""
 
     def __init__(self, channels: int, width: int = 64, depth: int = 8, init_variance: float = 0.1,
                  device: torch.device | str | None = None, generator: torch.Generator | None = None):
         super().__init__()
-        sizes = [channels] + [width] * (depth - 1) + [channels]
-        layers: list[nn.Module] = []
-        for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Conv2d(fan_in, fan_out, kernel_size=3, padding=1, bias=False, device=device))
-            if index < depth - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.body = nn.Sequential(*layers)
+        self.body = conv_body(channels, width, depth, device)
         self.depth = depth
         self.reset_parameters(init_variance, generator)
 
@@ -66,13 +71,7 @@ class PostUpsamplingNet(ZSSRNet):
                  device: torch.device | str | None = None, generator: torch.Generator | None = None):
         nn.Module.__init__(self)  # not ZSSRNet's: the layer sizes differ
         self.factor = factor
-        sizes = [channels * factor * factor] + [width] * (depth - 1) + [channels * factor * factor]
-        layers: list[nn.Module] = []
-        for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Conv2d(fan_in, fan_out, kernel_size=3, padding=1, bias=False, device=device))
-            if index < depth - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.body = nn.Sequential(*layers)
+        self.body = conv_body(channels * factor * factor, width, depth, device)
         self.depth = depth
         self.reset_parameters(init_variance, generator)
 

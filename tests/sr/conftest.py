@@ -42,3 +42,13 @@ def as_array(image: Image.Image) -> np.ndarray:
 @pytest.fixture(scope="session")
 def photo_tensor(photo) -> torch.Tensor:
     return torch.from_numpy(as_array(photo) / 255).permute(2, 0, 1)[None].float().contiguous()
+
+
+@pytest.fixture
+def no_tf32():
+    """float32 convolutions in float32: TF32 (cuDNN's default) rounds to 10 bits, and a grouped or a graphed
+    convolution may take another algorithm than the plain one, so the comparison would measure TF32, not us."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -27,16 +27,6 @@ def cuda_run(config, lr_image, seed=0):
     return run, ReconstructionTest(lr_image, SF, Degradation(), config, torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def no_tf32():
-    """float32 convolutions in float32: TF32 (cuDNN's default) rounds to 10 bits, and a grouped or a graphed
-    convolution may take another algorithm than the plain one, so the comparison would measure TF32, not us."""
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 @pytest.mark.gpu
 @pytest.mark.usefixtures("no_tf32")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
