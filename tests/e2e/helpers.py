@@ -18,17 +18,12 @@ from worker.webhooks import verify
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-tests-webhook-key-0123456789").decode()
 # Small ZSSR budgets per preset: "fast" finishes in seconds on a CPU; "paper" trains long enough to be canceled.
-# float32 and no channels_last: with crops this small, oneDNN's per-shape set-up of the presets' bfloat16 and
-# channels_last costs more than the steps themselves.
 TINY_ZSSR_OVERRIDES = json.dumps({
     "fast": {"max_iters": 40, "min_iters": 40, "crop_size": 24, "width": 16, "depth": 4, "run_test_every": 10,
-             "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10,
-             "channels_last": False, "precision": "float32"},
+             "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10},
     "balanced": {"max_iters": 40, "min_iters": 40, "crop_size": 24, "width": 16, "depth": 4, "run_test_every": 10,
-                 "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10,
-                 "channels_last": False, "precision": "float32"},
-    "paper": {"max_iters": 100000, "min_iters": 100000, "crop_size": 32, "width": 16, "depth": 4,
-              "channels_last": False, "precision": "float32"},
+                 "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10},
+    "paper": {"max_iters": 100000, "min_iters": 100000, "crop_size": 32, "width": 16, "depth": 4},
 })
 TERMINAL = ("succeeded", "failed", "canceled")
 
