@@ -5,7 +5,9 @@ import asyncio
 import json
 import time
 
-from worker.store import AsyncJobStore, BeginResult, JobKeys, new_job_fields, new_job_id, public_job
+import pytest
+
+from worker.store import AsyncJobStore, BeginResult, JobKeys, JobStore, new_job_fields, new_job_id, public_job
 
 OWNER = "store-tests"
 
@@ -38,7 +40,18 @@ def test_a_job_runs_once_and_its_result_is_written_once(store):
     assert status_of(store, job_id) == "succeeded"
 
 
-def test_a_lapsed_lease_lets_another_run_take_over_and_fences_the_old_one(store):
+@pytest.fixture
+def unserved_store(redis_server):
+    """A store in a Redis database that no test worker serves: the session's workers run a reaper every few
+    seconds, and a pass landing inside a deliberately lapsed lease would requeue or end the job under the test."""
+    job_store = JobStore(redis_server.url.rsplit("/", 1)[0] + "/7")
+    yield job_store
+    job_store.redis.flushdb()
+    job_store.close()
+
+
+def test_a_lapsed_lease_lets_another_run_take_over_and_fences_the_old_one(unserved_store):
+    store = unserved_store
     job_id = make_job(store)
     assert store.begin_run(job_id, "old", worker="w1", lease_seconds=0.2).outcome == "started"
     time.sleep(0.35)  # the first worker "died": its lease lapsed
