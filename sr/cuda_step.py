@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from sr.config import ZSSRConfig
-from sr.errors import Cancelled
 from sr.model import ZSSRNet, autocast_for, prepare_input
-from sr.resize import Degradation, son_of
-from sr.train import ReconstructionTest, StageHooks, TrainingRun, after_step
+from sr.resize import Degradation
+from sr.train import ReconstructionTest, StageHooks, TrainingRun, after_step, next_sample
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (the documented recipe: lazy inits happen there)
 
@@ -93,11 +92,7 @@ def train_stage_graphed(run: TrainingRun, test: ReconstructionTest, sf: tuple[fl
     step: GraphedTrainingStep | None = None
     learning_rate = run.policy.learning_rate
     while run.iteration < config.max_iters and not run.finished:
-        if hooks.should_stop():
-            raise Cancelled()
-        hr_father = run.pool.sample(config.batch_size)
-        with torch.no_grad():
-            lr_son_up = son_of(hr_father, sf, degradation, config.noise_std, run.generator)
+        hr_father, lr_son_up = next_sample(run, sf, degradation, config, hooks)
         if step is None:
             step = GraphedTrainingStep(net, config, learning_rate, hr_father.shape)
         if run.policy.learning_rate != learning_rate:

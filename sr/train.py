@@ -82,6 +82,17 @@ def central_crop(image: torch.Tensor, side: int) -> torch.Tensor:
     return image[:, :, top:top + crop_h, left:left + crop_w]
 
 
+def next_sample(run: TrainingRun, sf: tuple[float, float], degradation: Degradation, config: ZSSRConfig,
+                hooks: StageHooks) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's (hr_father, lr_son_up) from the run's pool; Cancelled first when a stop was asked for."""
+    if hooks.should_stop():
+        raise Cancelled()
+    hr_father = run.pool.sample(config.batch_size)
+    with torch.no_grad():
+        lr_son_up = son_of(hr_father, sf, degradation, config.noise_std, run.generator)
+    return hr_father, lr_son_up
+
+
 def train_stage(run: TrainingRun, test: ReconstructionTest, sf: tuple[float, float], degradation: Degradation,
                 config: ZSSRConfig, hooks: StageHooks) -> TrainingRun:
     """Train until the learning rate falls below its minimum or max_iters steps; resumes at run.iteration."""
@@ -90,11 +101,7 @@ def train_stage(run: TrainingRun, test: ReconstructionTest, sf: tuple[float, flo
     set_learning_rate(optimizer, run.policy.learning_rate)
     device = next(net.parameters()).device
     while run.iteration < config.max_iters and not run.finished:
-        if hooks.should_stop():
-            raise Cancelled()
-        hr_father = run.pool.sample(config.batch_size)
-        with torch.no_grad():
-            lr_son_up = son_of(hr_father, sf, degradation, config.noise_std, run.generator)
+        hr_father, lr_son_up = next_sample(run, sf, degradation, config, hooks)
         with autocast_for(config, device):
             prediction = net(prepare_input(lr_son_up, config))
         loss = F.l1_loss(prediction, hr_father)

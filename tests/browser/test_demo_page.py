@@ -32,6 +32,15 @@ def drop_file(page, data: bytes, name: str, mime: str) -> None:
     }""", [base64.b64encode(data).decode(), name, mime])
 
 
+def page_with_small_photo(open_browser, base: str):
+    """A new page of the demo at `base` with the 64x48 test photo dropped on it and read."""
+    page = open_browser().new_page()
+    page.goto(base)
+    drop_file(page, photo_bytes(), "astronaut.png", "image/png")
+    page.get_by_text("astronaut.png: 64×48 pixels").wait_for()
+    return page
+
+
 def tab_to(page, element_id: str, limit: int = 40) -> None:
     """Press Tab until the element has the focus (keyboard-only use)."""
     for _ in range(limit):
@@ -195,10 +204,7 @@ def test_keyboard_only_on_a_phone_sized_window_with_an_api_key(demo_server, open
 def test_a_zssr_job_shows_training_progress_and_a_comparison_with_bicubic(demo_server, open_browser, artifacts,
                                                                           tmp_path):
     base = demo_server()
-    page = open_browser().new_page()
-    page.goto(base)
-    drop_file(page, photo_bytes(), "astronaut.png", "image/png")
-    page.get_by_text("astronaut.png: 64×48 pixels").wait_for()
+    page = page_with_small_photo(open_browser, base)
     page.select_option("#method", "zssr")
     page.select_option("#preset", "fast")
     page.click("#submit")
@@ -245,10 +251,7 @@ def test_the_page_reconnects_with_last_event_id_when_the_stream_drops_and_still_
 @pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
 def test_a_training_job_is_canceled_from_the_keyboard(demo_server, open_browser):
     base = demo_server()
-    page = open_browser().new_page()
-    page.goto(base)
-    drop_file(page, photo_bytes(), "astronaut.png", "image/png")
-    page.get_by_text("astronaut.png: 64×48 pixels").wait_for()
+    page = page_with_small_photo(open_browser, base)
     page.select_option("#preset", "paper")  # the test budget for "paper" trains far longer than this test
     page.click("#submit")
     page.get_by_text("Training on your photo: step").wait_for()
@@ -261,10 +264,7 @@ def test_a_training_job_is_canceled_from_the_keyboard(demo_server, open_browser)
 @pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
 def test_an_estimated_blur_kernel_is_drawn_as_a_small_grey_image(demo_server, open_browser, artifacts):
     base = demo_server()
-    page = open_browser().new_page()
-    page.goto(base)
-    drop_file(page, photo_bytes(), "astronaut.png", "image/png")
-    page.get_by_text("astronaut.png: 64×48 pixels").wait_for()
+    page = page_with_small_photo(open_browser, base)
     page.select_option("#method", "bicubic")
     assert not page.locator("#estimate-kernel").is_visible()  # a ZSSR option only
     page.select_option("#method", "zssr")
