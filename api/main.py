@@ -12,6 +12,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import events, health, jobs, page
 from worker.celery_app import make_celery, run_job_message
+from worker.heap import freeze_startup_objects
 from worker.settings import Settings, load_settings
 from worker.store import AsyncJobStore
 
@@ -20,6 +21,11 @@ DESCRIPTION = """Upscale images with ZSSR ("Zero-Shot" Super-Resolution) or bicu
 submit (`POST /v1/jobs`), poll (`GET /v1/jobs/{id}`), fetch (`GET /v1/jobs/{id}/result`), cancel, and
 receive signed webhooks (Standard Webhooks), or follow a job live (`GET /v1/jobs/{id}/events`, Server-Sent
 Events). Send the API key as `Authorization: Bearer KEY`. A demo page that uses this API is served at `/`."""
+
+
+# Opened at start-up: the first burst of concurrent requests (a client pool's first round) would otherwise open
+# them all at once, each a connect and a handshake while the burst waits.
+WARM_REDIS_CONNECTIONS = 64
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,9 +60,10 @@ async def warm_up(app: FastAPI) -> None:
     Image.init()
     run_job_message(app.state.celery, "0" * 32, "light")
     try:
-        await app.state.store.warm_up(connections=8)
+        await app.state.store.warm_up(connections=WARM_REDIS_CONNECTIONS)
     except redis.RedisError:  # Redis not up yet: the API starts anyway and answers 503 until it is
         log.warning("job store unreachable at start-up; requests get 503 until it answers")
+    freeze_startup_objects()
 
 
 def app_from_env() -> FastAPI:

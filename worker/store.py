@@ -812,18 +812,27 @@ class AsyncJobStore:
 
     async def lookup(self, job_id: str, *, rate: RateLimit | None = None) -> Lookup:
         """The job, its deliveries and its tombstone; with `rate`, the request is counted in the same round trip."""
-        keys = JobKeys.of(job_id)
-        pipe = self.redis.pipeline(transaction=False)
-        if rate is not None:
-            await self._rate(keys=[rate.key], args=rate.args, client=pipe)  # queued, sent with the reads
-        pipe.hgetall(keys.job).lrange(keys.deliveries, 0, -1).get(keys.tomb)
-        replies = await pipe.execute()
+        try:
+            replies = await self._lookup_replies(job_id, rate)
+        except redis.exceptions.NoScriptError:  # Redis restarted or flushed its script cache since warm_up
+            await self.redis.script_load(self._rate.script)
+            replies = await self._lookup_replies(job_id, rate)
         wait = 0.0
         if rate is not None:
             (allowed, wait_ms), replies = replies[0], replies[1:]
             wait = 0.0 if allowed else int(wait_ms) / 1000
         fields, deliveries, tomb = replies
         return Lookup(_decode(fields) or None, [_text(d) for d in deliveries], _text(tomb), wait)
+
+    async def _lookup_replies(self, job_id: str, rate: RateLimit | None) -> list:
+        keys = JobKeys.of(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        if rate is not None:
+            # EVALSHA queued by hand: a Script queued on a pipeline makes redis-py ask SCRIPT EXISTS first, one
+            # more round trip on every poll.
+            pipe.evalsha(self._rate.sha, 1, rate.key, *rate.args)
+        pipe.hgetall(keys.job).lrange(keys.deliveries, 0, -1).get(keys.tomb)
+        return await pipe.execute()
 
     async def result(self, job_id: str) -> bytes | None:
         return await self.redis.get(JobKeys.of(job_id).result)

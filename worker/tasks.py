@@ -17,6 +17,7 @@ from celery import signals
 import sr
 from worker import webhooks
 from worker.celery_app import RUN_JOB, app, run_job_message
+from worker.heap import freeze_startup_objects
 from worker.images import OUTPUT_FORMATS, decode_for_sr, encode
 from worker.outbox import WebhookSender
 from worker.reaper import Reaper
@@ -137,6 +138,7 @@ def _start_background(sender=None, **_) -> None:
         _background.append(WebhookSender(store, settings))
     for thread in _background:
         thread.start()
+    freeze_startup_objects()  # torch and Celery: a full collection would stall a training step 100+ ms
 
 
 @signals.worker_shutting_down.connect

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from worker.store import AsyncJobStore, BeginResult, JobKeys, JobStore, new_job_fields, new_job_id, public_job
+from worker.store import (AsyncJobStore, BeginResult, JobKeys, JobStore, RateLimit, new_job_fields, new_job_id,
+                          public_job)
 
 OWNER = "store-tests"
 
@@ -171,3 +172,26 @@ def test_status_counters_follow_the_transitions(store):
     for status in (b"total:queued", b"total:running", b"total:failed"):
         assert after[status] == before.get(status, 0) + 1
     assert public_job(store.fields(job_id))["error"] == {"code": "x", "message": "y"}
+
+
+def test_a_rate_counted_lookup_survives_redis_losing_its_scripts(store, redis_server):
+    """The poll path sends the rate script by its SHA (no SCRIPT EXISTS round trip): after a Redis restart or a
+    SCRIPT FLUSH it must load the script again, not fail the poll."""
+    job_id = make_job(store)
+    rate = RateLimit(OWNER + "-flush", 1000.0, 10)
+
+    async def look_twice():
+        async_store = AsyncJobStore(redis_server.url)
+        try:
+            await async_store.warm_up(connections=1)
+            first = await async_store.lookup(job_id, rate=rate)
+            store.redis.script_flush()
+            second = await async_store.lookup(job_id, rate=rate)
+            return first, second
+        finally:
+            await async_store.close()
+
+    first, second = asyncio.run(look_twice())
+    assert first.visible_to(OWNER) and second.visible_to(OWNER)
+    assert first.rate_wait == second.rate_wait == 0.0
+    assert store.redis.exists(rate.key)  # the request really was counted after the reload
