@@ -20,6 +20,9 @@ METHOD_QUEUE = {"zssr": "gpu", "bicubic": "light"}
 # The scales KernelGAN estimates a kernel for (sr.kernelgan.SUPPORTED_SF, the same on both axes): repeated here so
 # that the API refuses kernel=estimate at another scale without importing the core (tests/worker checks they agree).
 KERNEL_ESTIMATION_SCALES = (2.0, 4.0)
+# The smallest side (of the image, or of its crop region) KernelGAN can estimate a kernel on: its generator's 13x13
+# kernel and its discriminator's 7x7 field, twice each (sr/kernelgan.py; tests/worker checks they agree).
+KERNEL_ESTIMATION_MIN_SIDE = 40
 # The exit status of a worker whose watchdog ended a stuck run (worker/runs.py): `python -m worker` restarts it.
 EXIT_STUCK_RUN = 75
 

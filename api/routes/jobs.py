@@ -20,7 +20,7 @@ from api.errors import ApiError
 from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
 from worker.images import MIN_SIDE, OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
-from worker.settings import KERNEL_ESTIMATION_SCALES, METHOD_QUEUE, Settings
+from worker.settings import KERNEL_ESTIMATION_MIN_SIDE, KERNEL_ESTIMATION_SCALES, METHOD_QUEUE, Settings
 from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
 from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
 
@@ -111,6 +111,15 @@ def check_kernel_scale(params: JobCreate) -> None:
                        f"{params.scale:g}; use kernel=bicubic for this scale")
 
 
+def check_kernel_image_size(params: JobCreate, width: int, height: int) -> None:
+    """KernelGAN needs an image (or region) of at least KERNEL_ESTIMATION_MIN_SIDE a side: refused now, not failed
+    in the worker."""
+    if params.method == "zssr" and params.kernel == "estimate" and min(width, height) < KERNEL_ESTIMATION_MIN_SIDE:
+        raise ApiError(422, "invalid_parameters",
+                       f"kernel: estimating the blur kernel (KernelGAN) needs an image (or region) at least "
+                       f"{KERNEL_ESTIMATION_MIN_SIDE} pixels a side, got {width}x{height}; use kernel=bicubic")
+
+
 async def check_webhook_target(url: str, settings: Settings) -> None:
     if settings.webhook_key is None:
         raise ApiError(422, "webhooks_disabled", "this service has no UPSCALER_WEBHOOK_SECRET, so it sends no webhooks")
@@ -141,6 +150,7 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
     if min(upscaled) < MIN_SIDE:
         raise ApiError(422, "image_too_small", f"the image (or region) is {upscaled[0]}x{upscaled[1]}; each side must "
                                                f"be at least {MIN_SIDE} pixels")
+    check_kernel_image_size(params, *upscaled)
     width, height = output_size(*upscaled, params.scale)
     if width * height > settings.max_output_pixels:
         raise ApiError(422, "output_too_large", f"the output would be {width}x{height} = {width * height} pixels; "

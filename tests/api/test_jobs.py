@@ -131,9 +131,20 @@ def test_kernel_estimation_at_a_scale_other_than_2_or_4_is_422_at_submission(cli
     assert error["message"].startswith("kernel: ") and "scale 2 or 4" in error["message"], error
 
 
+def test_kernel_estimation_on_an_image_or_region_under_40_pixels_is_422_at_submission(client):
+    for image, fields, size in ((png_bytes(64, 39), {}, "64x39"), (png_bytes(64, 64), {"crop": "0,0,39,50"}, "39x50")):
+        response = client.post("/v1/jobs", files={"image": ("in.png", image, "image/png")},
+                               data={"method": "zssr", "kernel": "estimate", "scale": "2", **fields})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_parameters", error
+        assert error["message"].startswith("kernel: ") and f"at least 40 pixels a side, got {size}" in error["message"]
+    assert _create_without_running(client, method="zssr", kernel="bicubic", scale="2")["status"] == "queued"
+
+
 def test_kernel_estimation_is_accepted_at_x2_and_x4_and_ignored_by_bicubic(client):
     for scale in ("2", "4.0"):
-        job = _create_without_running(client, method="zssr", kernel="estimate", scale=scale)
+        job = _create_without_running(client, method="zssr", kernel="estimate", scale=scale, image=png_bytes(48, 40))
         assert job["params"]["kernel"] == "estimate" and job["kernel"] is None  # null until a run estimated it
     done = wait_for(client, submit(client, png_bytes(), method="bicubic", kernel="estimate", scale=3)["id"])
     assert done["status"] == "succeeded" and done["kernel"] is None
@@ -148,9 +159,9 @@ def test_denoise_is_off_unless_asked_and_kept_in_the_params(client):
     wait_for(client, plain["id"])
 
 
-def _create_without_running(client, **fields) -> dict:
+def _create_without_running(client, image: bytes | None = None, **fields) -> dict:
     """Submit a ZSSR job and cancel it at once: the test is about what the submission accepts, not the run."""
-    job = submit(client, png_bytes(), **fields)
+    job = submit(client, image or png_bytes(), **fields)
     client.post(f"/v1/jobs/{job['id']}/cancel")
     return job
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from PIL import Image
 
+import sr
 from sr import kernelgan
 from worker.runs import kernel_record, sr_metrics
-from worker.settings import KERNEL_ESTIMATION_SCALES
+from worker.settings import KERNEL_ESTIMATION_MIN_SIDE, KERNEL_ESTIMATION_SCALES
 from worker.store import new_job_fields, new_job_id, public_job
 
 KERNEL = [[0.0, 0.125, 0.0], [0.125, 0.5, 0.125], [0.0, 0.125, 0.0]]
@@ -46,3 +49,11 @@ def test_the_job_shows_the_stored_kernel_or_null():
 
 def test_the_api_refuses_the_scales_the_core_cannot_estimate_a_kernel_for():
     assert set(KERNEL_ESTIMATION_SCALES) == {float(sf) for sf in kernelgan.SUPPORTED_SF}
+
+
+def test_the_api_refuses_the_image_sizes_the_core_cannot_estimate_a_kernel_on():
+    smallest = KERNEL_ESTIMATION_MIN_SIDE
+    with pytest.raises(sr.InvalidInput, match="at least"):
+        kernelgan.estimate_kernel(torch.rand(1, 3, smallest - 1, smallest + 8), 2, iters=1, seed=0)
+    kernel = kernelgan.estimate_kernel(torch.rand(1, 3, smallest, smallest), 2, iters=1, seed=0)
+    assert abs(kernel.sum() - 1.0) < 1e-6
