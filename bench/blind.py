@@ -205,7 +205,7 @@ def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> Blind
                               kernel_mse=float(degradations.kernel_mse(estimated, case.kernel)),
                               lr_psnr_estimated=round(rgb_psnr(by_estimate, truth), 2),
                               lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"],
-                              true_kernel_shrink=blind.plausible_kernel(case.lr, case.kernel, sf)[1])
+                              true_kernel_shrink=blind.fit_kernel(case.lr, case.kernel, sf).factor)
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic,
                     zssr_bicubic_kernel=score(plain, case.hr, sf, plain_seconds),
                     zssr_estimated_kernel=score(with_estimate, case.hr, sf, estimate_seconds),

@@ -204,14 +204,28 @@ def test_the_width_fit_moves_a_wrong_estimate_toward_the_true_kernel(start):
     true = kernelgan.gaussian_kernel(covariance, sf=2)
     lr = (degradations.degrade_with_kernel(blocky(192, seed=3), true, 2).clamp(0, 1) * 255).round() / 255
     estimate = kernelgan.gaussian_kernel(covariance * start, sf=2)
-    fitted, factor = blind.plausible_kernel(lr, estimate, 2)
+    fit = blind.fit_kernel(lr, estimate, 2)
     # 4x too wide is narrowed, 2x too narrow widened; both land near the true covariance (measured: 0.84x of it)
-    assert (factor < 1.0) if start > 1 else (factor > 1.0)
-    assert 0.6 < start * factor < 1.2
-    assert fitted.sum() == pytest.approx(1.0)
-    assert np.allclose(kernelgan.kernel_covariance(fitted), covariance * start * factor, rtol=0.05, atol=0.02)
+    assert fit.shape == "estimate"
+    assert (fit.factor < 1.0) if start > 1 else (fit.factor > 1.0)
+    assert 0.6 < start * fit.factor < 1.2
+    assert fit.kernel.sum() == pytest.approx(1.0)
+    assert np.allclose(kernelgan.kernel_covariance(fit.kernel), covariance * start * fit.factor, rtol=0.05, atol=0.02)
     limit = blind.KERNEL_FIT_RESIDUAL * blind.QUANTISATION_RMS
-    assert blind.consistency_residual(lr, fitted, 2) <= limit
+    assert blind.consistency_residual(lr, fit.kernel, 2) <= limit
     assert (blind.consistency_residual(lr, estimate, 2) > limit) == (start > 1)
-    again, factor_again = blind.plausible_kernel(lr, estimate, 2)
-    assert factor_again == factor and np.array_equal(again, fitted)
+    again = blind.fit_kernel(lr, estimate, 2)
+    assert again.factor == fit.factor and np.array_equal(again.kernel, fit.kernel)
+
+
+def test_the_kernel_fit_turns_an_estimate_lying_across_the_true_kernel():
+    from sr import blind, kernelgan
+    true_covariance = np.diag([0.4, 2.0])  # long along the columns
+    true = kernelgan.gaussian_kernel(true_covariance, sf=2)
+    lr = (degradations.degrade_with_kernel(blocky(192, seed=4), true, 2).clamp(0, 1) * 255).round() / 255
+    across = kernelgan.gaussian_kernel(np.diag([2.0, 0.4]), sf=2)  # long along the rows
+    fit = blind.fit_kernel(lr, across, 2)
+    assert fit.shape == "turned 90"
+    fitted = kernelgan.kernel_covariance(fit.kernel)
+    assert fitted[1, 1] > 2 * fitted[0, 0]
+    assert np.linalg.norm(fitted - true_covariance) < 0.5 * np.linalg.norm(np.diag([2.0, 0.4]) - true_covariance)
