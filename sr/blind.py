@@ -3,8 +3,9 @@
 `upscale` calls `blind_setup` once per image, before training:
 - kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate" (KernelGAN on the
   image itself, sr/kernelgan.py, for the target scale x2 or x4, fitted by an anisotropic Gaussian, then turned
-  and scaled to the widest blur that can explain the input: `fit_kernel`). The sons are then made by correlating with the kernel and
-  subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
+  and scaled to the widest blur that can explain the input: `fit_kernel`). The sons are then made by correlating
+  with the kernel and subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does
+  that).
 - JPEG: with config.son_jpeg_quality = -1 (auto, the default) a JPEG input's quality is read from its
   quantisation tables and every son is JPEG-compressed at that quality (and the input's chroma subsampling), so
   the net learns to remove blocking instead of enlarging it; back-projection is then off (it would put the
@@ -127,11 +128,11 @@ def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSS
 # with (it sees the photo's own softness as kernel; chelsea's narrow axis came out 2x too wide), under-estimates
 # wide blurs (camera) and can put the long axis across the true one (coffee). ZSSR with a kernel too wide inverts a
 # blur the image never had: over-sharpening that costs far more than a kernel too narrow (bench/blind.py, chelsea:
-# -7.6 dB at the estimate, -0.2 dB at a quarter of its covariance). Patch statistics cannot tell a soft photo from
-# a wide kernel (the cross-scale patch-recurrence score and the gradients' L1/L2 of the deconvolved image both
-# preferred every widening on the bench's tuned-on images). What can: a kernel too wide, or wide across the
-# image's sharp edges, cannot explain the input. Back-projection from the cubic upsample, kept in [0, 1], leaves a
-# residual that grows with the kernel's width and with the image's contrast across it.
+# 25.7 dB at the estimate, 32.3 at a quarter of its covariance, 33.3 with the true kernel). Patch statistics
+# cannot tell a soft photo from a wide kernel (the cross-scale patch-recurrence score and the gradients' L1/L2 of
+# the deconvolved image both preferred every widening on the bench's tuned-on images). What can: a kernel too
+# wide, or wide across the image's sharp edges, cannot explain the input. Back-projection from the cubic upsample,
+# kept in [0, 1], leaves a residual that grows with the kernel's width and with the image's contrast across it.
 # So the candidates are Gaussians of the estimate's covariance, turned by 0/45/90/135 degrees or made isotropic
 # (the same determinant), each scaled by 2^-4 .. 2; the kernel used is the WIDEST (largest determinant, the first
 # shape on ties) whose residual after CONSISTENCY_ITERS steps is within KERNEL_FIT_RESIDUAL times the noise floor
@@ -143,7 +144,7 @@ def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSS
 # The residual is not converged after 10 steps (a converged projected-gradient solver explains chelsea's 2x-too-wide
 # kernel to 0.002 x the floor): it is a width prior tied to the image's contrast, not a proof of impossibility.
 # It narrows some true kernels (astronaut's sits at 1.36 x the floor, camera's at 1.45) and lets a smooth,
-# low-contrast image take a kernel wider than its own (tests/sr/test_blind.py: 1.8x on a smooth texture).
+# low-contrast image take a kernel wider than its own (measured: 1.8x on a smooth synthetic texture).
 KERNEL_FIT_RESIDUAL = 1.0
 CONSISTENCY_ITERS = 10
 CONSISTENCY_MAX_SIDE = 192  # the check runs on a central crop of the input at most this big
