@@ -11,7 +11,7 @@ Images: the scikit-image photos astronaut, chelsea, coffee, camera, ihc and a fe
 1. Kernel set (x2; --sf 4 for x4): each crop is degraded by a random anisotropic Gaussian kernel drawn with
    the DIV2KRK recipe (seeded per image: every run sees the same kernels), rounded to 8 bits. Reported: PSNR/SSIM
    (Y, shave sf) of bicubic interpolation, ZSSR with the bicubic assumption, ZSSR with kernel="estimate" (what
-   sr.upscale does: KernelGAN, Gaussian fit, plausibility shrink), ZSSR with the true kernel (the upper bound);
+   sr.upscale does: KernelGAN, Gaussian fit, width fit), ZSSR with the true kernel (the upper bound);
    "--parts kernel" times KernelGAN alone (its raw reference kernel) against the iteration count; the kernel error (MSE of the centred kernels, and "LR PSNR": the
    crop degraded by the estimated kernel against the crop degraded by the true one, where the bicubic kernel's
    figure is the assumption plain ZSSR makes).
@@ -56,7 +56,7 @@ SKIMAGE_NAMES = {"ihc": "immunohistochemistry"}
 SET14_DIR = Path("/work/shared/data/Set14")
 SET14_DEFAULT = ("baboon", "comic", "zebra")
 JPEG_QUALITIES = (50, 60, 70, 80, 90)
-# The images sr.blind.PLAUSIBLE_RESIDUAL (1.5) was chosen by looking at: their kernel-set figures are not a fair
+# The images sr.blind.KERNEL_FIT_RESIDUAL (1.0) was chosen by looking at: their kernel-set figures are not a fair
 # test of kernel="estimate". Every other image is held out; the table marks these and summarises both groups.
 TUNED_ON = ("astronaut", "chelsea", "coffee", "camera")
 
@@ -136,9 +136,9 @@ class KernelRow:
     kernel_mse: float
     lr_psnr_estimated: float
     lr_psnr_bicubic: float
-    shrink: float = 1.0  # the plausibility check's covariance factor (sr.upscale only; 1.0 = kept as estimated)
-    # The factor the same check gives the TRUE kernel: below 1.0 it would have shrunk the right answer, a false
-    # alarm of the check (it reads the ground truth, so it is a diagnostic, never a run-time input).
+    shrink: float = 1.0  # the kernel fit's covariance factor (sr.upscale only; <1 narrowed, >1 widened)
+    # The factor the same fit gives the TRUE kernel: away from 1.0 it would have moved the right answer (it reads
+    # the ground truth, so it is a diagnostic, never a run-time input).
     true_kernel_shrink: float = 1.0
 
 
@@ -188,7 +188,7 @@ def run_zssr(lr: Image.Image, sf: int, config, kernel, seed: int) -> tuple[Image
 
 def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> BlindRow:
     """The four upscales of one case; the estimated kernel comes from sr.upscale(kernel="estimate") itself (KernelGAN,
-    the Gaussian fit and the plausibility shrink, as users get them) and is read back from result.info."""
+    the Gaussian fit and the width fit, as users get them) and is read back from result.info."""
     lr = to_image(case.lr)
     size = (case.hr.shape[-1], case.hr.shape[-2])
     bicubic = score(lr.resize(size, Image.Resampling.BICUBIC), case.hr, sf)
@@ -205,7 +205,7 @@ def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> Blind
                               kernel_mse=float(degradations.kernel_mse(estimated, case.kernel)),
                               lr_psnr_estimated=round(rgb_psnr(by_estimate, truth), 2),
                               lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"],
-                              true_kernel_shrink=blind.plausible_kernel(case.lr, case.kernel, sf)[1])
+                              true_kernel_shrink=blind.fit_kernel(case.lr, case.kernel, sf).factor)
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic,
                     zssr_bicubic_kernel=score(plain, case.hr, sf, plain_seconds),
                     zssr_estimated_kernel=score(with_estimate, case.hr, sf, estimate_seconds),
@@ -242,7 +242,7 @@ def print_blind_table(rows: list[BlindRow], preset: str) -> None:
     print(f"\nKernel set: PSNR (dB, Y) / SSIM; ZSSR preset {preset}; seconds of the estimated-kernel run include "
           "KernelGAN")
     print("| image | sf | bicubic | ZSSR bicubic kernel | ZSSR estimated kernel | ZSSR true kernel | kernel MSE | "
-          "LR PSNR est / bicubic k | shrink est / true k | s (plain / est / true) |")
+          "LR PSNR est / bicubic k | factor est / true k | s (plain / est / true) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         tuned = " (tuned)" if row.image in TUNED_ON else ""

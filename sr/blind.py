@@ -2,9 +2,10 @@
 
 `upscale` calls `blind_setup` once per image, before training:
 - kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate" (KernelGAN on the
-  image itself, sr/kernelgan.py, for the target scale x2 or x4, fitted by an anisotropic Gaussian, then shrunk if
-  it cannot explain the input: `plausible_kernel`). The sons are then made by correlating with the kernel and
-  subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
+  image itself, sr/kernelgan.py, for the target scale x2 or x4, fitted by an anisotropic Gaussian, then turned
+  and scaled to the widest blur that can explain the input: `fit_kernel`). The sons are then made by correlating
+  with the kernel and subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does
+  that).
 - JPEG: with config.son_jpeg_quality = -1 (auto, the default) a JPEG input's quality is read from its
   quantisation tables and every son is JPEG-compressed at that quality (and the input's chroma subsampling), so
   the net learns to remove blocking instead of enlarging it; back-projection is then off (it would put the
@@ -59,11 +60,14 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
     if isinstance(kernel, str) and kernel == "estimate":
         array = estimate_for_scale(color, sf, config, seed=seed, device=device, progress=progress,
                                    should_stop=should_stop)
-        array, shrink = plausible_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
+        fitting = time.monotonic()
+        fit = fit_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
         info["kernel_source"] = "estimate"
-        info["kernel_shrink"] = shrink
+        info["kernel_shrink"] = fit.factor  # the covariance factor applied: below 1 narrowed, above 1 widened
+        info["kernel_shape"] = fit.shape  # "estimate", "turned 45" / "90" / "135" (degrees), "isotropic"
+        info["kernel_fit_seconds"] = round(time.monotonic() - fitting, 3)
         info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
-        degradation = degradation_for(array)
+        degradation = degradation_for(fit.kernel)
     else:
         degradation = degradation_for(kernel)
         info["kernel_source"] = "bicubic" if isinstance(kernel, str) else "given"
@@ -119,25 +123,43 @@ def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSS
                                      device=str(device) if device is not None else None)
 
 
-# --- is the estimated kernel possible at all? -------------------------------------------------------------------
-# KernelGAN over-estimates the blur of images that were soft to begin with. ZSSR then inverts a blur the image
-# never had: over-sharpening that back-projection makes worse (bench/blind.py: chelsea lost 6 dB). A kernel that
-# is too wide cannot explain the input: back-projection from the cubic upsample, kept in [0, 1], leaves a residual
-# far above the input's noise, while the true kernel and narrower ones reach it. So the estimate's covariance is
-# shrunk (the largest factor that passes, by bisection) until its residual is within PLAUSIBLE_RESIDUAL times the
-# noise floor: 8-bit quantisation, or the config's noise_std when higher (denoise="auto" sets it from the image).
-# Known weakness (measured on the bench's kernel set, crops of 256, 18 images): the check also shrinks the TRUE
-# kernel of wide blurs (zebra 0.81, comic 0.72, monarch 0.81, baboon/man/flowers 0.97) and several true kernels sit
-# just under the limit (camera 1.45, lenna 1.49, barbara 1.48 x the floor): 10 back-projection steps have not
-# converged for wide kernels, so the residual measures slow convergence as much as impossibility. With 30 steps the
-# true kernels fall to <= 1.2 x the floor (baboon 1.65), but chelsea's over-wide estimate (1.5-1.9 x) is then
-# shrunk less than now (ZSSR lost 2 dB on it already), so the step count was left as it is
-# (bench/RESULTS.md, "Blind SR").
-PLAUSIBLE_RESIDUAL = 1.5
+# --- how wide a kernel can the input take? ---------------------------------------------------------------------
+# KernelGAN's width and orientation are unreliable: it over-estimates the blur of images that were soft to begin
+# with (it sees the photo's own softness as kernel; chelsea's narrow axis came out 2x too wide), under-estimates
+# wide blurs (camera) and can put the long axis across the true one (coffee). ZSSR with a kernel too wide inverts a
+# blur the image never had: over-sharpening that costs far more than a kernel too narrow (bench/blind.py, chelsea:
+# 25.7 dB at the estimate, 32.3 at a quarter of its covariance, 33.3 with the true kernel). Patch statistics
+# cannot tell a soft photo from a wide kernel (the cross-scale patch-recurrence score and the gradients' L1/L2 of
+# the deconvolved image both preferred every widening on the bench's tuned-on images). What can: a kernel too
+# wide, or wide across the image's sharp edges, cannot explain the input. Back-projection from the cubic upsample,
+# kept in [0, 1], leaves a residual that grows with the kernel's width and with the image's contrast across it.
+# So the candidates are Gaussians of the estimate's covariance, turned by 0/45/90/135 degrees or made isotropic
+# (the same determinant), each scaled by 2^-4 .. 2; the kernel used is the WIDEST (largest determinant, the first
+# shape on ties) whose residual after CONSISTENCY_ITERS steps is within KERNEL_FIT_RESIDUAL times the noise floor
+# (8-bit quantisation, or the config's noise_std when higher). The factor is found by bisection on its log2, the
+# residual being monotone in it; a later shape is tried only if it explains the input a step wider than the best
+# so far (one residual otherwise). The limit (1.0) and the shapes were chosen on the tuned-on images of
+# bench/blind.py (astronaut, chelsea, coffee, camera): limits 0.75 / 1.0 / 1.25 gave ZSSR means within 0.1 dB;
+# turning the shape gained +1.0 dB on coffee, +0.2 on astronaut (bench/RESULTS.md, "Blind SR").
+# The residual is not converged after 10 steps (a converged projected-gradient solver explains chelsea's 2x-too-wide
+# kernel to 0.002 x the floor): it is a width prior tied to the image's contrast, not a proof of impossibility.
+# It narrows some true kernels (astronaut's sits at 1.36 x the floor, camera's at 1.45) and lets a smooth,
+# low-contrast image take a kernel wider than its own (measured: 1.8x on a smooth synthetic texture).
+KERNEL_FIT_RESIDUAL = 1.0
 CONSISTENCY_ITERS = 10
 CONSISTENCY_MAX_SIDE = 192  # the check runs on a central crop of the input at most this big
 QUANTISATION_RMS = 1.0 / 255.0 / math.sqrt(12.0)
-SHRINK_STEPS = 5
+MIN_LOG2_FACTOR, MAX_LOG2_FACTOR = -4.0, 1.0  # the covariance factors tried: 1/16 .. 2
+FIT_STEPS = 7  # bisection steps on log2 of the factor
+FIT_RESOLUTION = (MAX_LOG2_FACTOR - MIN_LOG2_FACTOR) / 2 ** FIT_STEPS  # 5/128 in log2: 2.7 % in the factor
+TURNS_DEGREES = (0, 45, 90, 135)
+
+
+@dataclass(frozen=True)
+class KernelFit:
+    kernel: np.ndarray  # the Gaussian used, centred for sf, sums to 1
+    factor: float  # its covariance over the shape's (the estimate's, turned or made isotropic)
+    shape: str  # "estimate", "turned 45" / "turned 90" / "turned 135", "isotropic"
 
 
 def consistency_residual(lr_image: torch.Tensor, kernel: np.ndarray, sf: int) -> float:
@@ -152,28 +174,60 @@ def consistency_residual(lr_image: torch.Tensor, kernel: np.ndarray, sf: int) ->
     return float(residual.pow(2).mean().sqrt())
 
 
-def plausible_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int,
-                     noise_floor: float = 0.0) -> tuple[np.ndarray, float]:
-    """(the kernel, 1.0) when it explains the input; else the widest shrunk Gaussian that does, and its factor."""
+def kernel_shapes(covariance: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The candidate shapes: the covariance turned by TURNS_DEGREES, and the isotropic one of its determinant."""
+    shapes = []
+    for degrees in TURNS_DEGREES:
+        angle = math.radians(degrees)
+        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        shapes.append(("estimate" if degrees == 0 else f"turned {degrees}", rotation @ covariance @ rotation.T))
+    determinant = max(float(np.linalg.det(covariance)), 0.0)
+    shapes.append(("isotropic", np.eye(2) * math.sqrt(determinant)))
+    distinct: list[tuple[str, np.ndarray]] = []
+    for name, shape in shapes:  # an isotropic estimate is one shape, not five
+        if not any(np.allclose(shape, kept, atol=1e-3) for _, kept in distinct):
+            distinct.append((name, shape))
+    return distinct
+
+
+def fit_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int, noise_floor: float = 0.0) -> KernelFit:
+    """The widest Gaussian among `kernel_shapes` x factors 1/16 .. 2 that explains the input (KERNEL_FIT_RESIDUAL).
+
+    Deterministic: no randomness, a fixed search. `color` [1,C,H,W] in [0,1]; `kernel` the estimate for `sf`."""
     lr_image = central_crop(color.detach().float().cpu(), CONSISTENCY_MAX_SIDE)
-    floor = max(QUANTISATION_RMS, noise_floor)
-    limit = PLAUSIBLE_RESIDUAL * floor
-    residual = consistency_residual(lr_image, kernel, sf)
-    if residual <= limit:
-        return kernel, 1.0
-    covariance = kernelgan.kernel_covariance(kernel)
-    low, high = 0.0, 1.0  # covariance factors: `low` passes (a delta always does), `high` fails
-    for _ in range(SHRINK_STEPS):
-        middle = (low + high) / 2
-        candidate = kernelgan.gaussian_kernel(covariance * middle, sf)
-        if consistency_residual(lr_image, candidate, sf) <= limit:
-            low = middle
+    limit = KERNEL_FIT_RESIDUAL * max(QUANTISATION_RMS, noise_floor)
+    min_side = kernel.shape[0]
+
+    def candidate(shape: np.ndarray, log2_factor: float) -> np.ndarray:
+        return kernelgan.gaussian_kernel(shape * 2.0 ** log2_factor, sf, min_side=min_side)
+
+    def explains(shape: np.ndarray, log2_factor: float) -> bool:
+        return consistency_residual(lr_image, candidate(shape, log2_factor), sf) <= limit
+
+    best: tuple[float, str, np.ndarray] | None = None
+    for name, shape in kernel_shapes(kernelgan.kernel_covariance(kernel)):
+        low = MIN_LOG2_FACTOR  # taken to pass: nearly a delta
+        if best is not None:
+            low = best[0] + FIT_RESOLUTION
+            if low > MAX_LOG2_FACTOR or not explains(shape, low):
+                continue  # not wider than the best so far
+        high = MAX_LOG2_FACTOR
+        if explains(shape, high):
+            low = high
         else:
-            high = middle
-    log.info("estimated kernel explains the input only to %.4f RMS (limit %.4f): covariance shrunk by %.2f",
-             residual, limit, low)
-    shrunk = kernelgan.gaussian_kernel(covariance * max(low, 1e-3), sf)
-    return shrunk, round(low, 4)
+            while high - low > FIT_RESOLUTION:
+                middle = (low + high) / 2
+                if explains(shape, middle):
+                    low = middle
+                else:
+                    high = middle
+        best = (low, name, shape)
+    assert best is not None
+    log2_factor, name, shape = best
+    fit = KernelFit(candidate(shape, log2_factor), round(2.0 ** log2_factor, 4), name)
+    log.info("estimated kernel: %s, covariance x %.3f, the widest that explains the input to %.2f x the noise floor",
+             fit.shape, fit.factor, KERNEL_FIT_RESIDUAL)
+    return fit
 
 
 def central_crop(image: torch.Tensor, side: int) -> torch.Tensor:
