@@ -118,8 +118,9 @@ class JobKernel(BaseModel):
     size: list[int] = Field(description="[rows, columns]")
     values: list[list[float]] = Field(description="the kernel's rows; the values sum to 1")
     source: str = Field(description="estimated (KernelGAN on the image itself)")
-    shrink: float | None = Field(None, description="how much the estimate was narrowed to explain the input "
-                                                   "(1.0: as estimated)")
+    factor: float | None = Field(None, description="the factor the estimate's covariance was scaled by: the widest "
+                                                   "blur that explains the input (below 1 narrowed, above 1 widened)")
+    shape: str | None = Field(None, description="the estimate's shape as used: estimate, turned 45/90/135, isotropic")
     estimation_seconds: float | None = None
 
 

@@ -204,7 +204,7 @@ def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> Blind
     kernel_result = KernelRow(image=case.name, sf=sf, iters=iters, seconds=round(info["kernel_estimation_seconds"], 1),
                               kernel_mse=float(degradations.kernel_mse(estimated, case.kernel)),
                               lr_psnr_estimated=round(rgb_psnr(by_estimate, truth), 2),
-                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_shrink"],
+                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_factor"],
                               true_kernel_shrink=blind.fit_kernel(case.lr, case.kernel, sf).factor)
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic,
                     zssr_bicubic_kernel=score(plain, case.hr, sf, plain_seconds),

@@ -63,7 +63,7 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
         fitting = time.monotonic()
         fit = fit_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
         info["kernel_source"] = "estimate"
-        info["kernel_shrink"] = fit.factor  # the covariance factor applied: below 1 narrowed, above 1 widened
+        info["kernel_factor"] = fit.factor  # the covariance factor applied: below 1 narrowed, above 1 widened
         info["kernel_shape"] = fit.shape  # "estimate", "turned 45" / "90" / "135" (degrees), "isotropic"
         info["kernel_fit_seconds"] = round(time.monotonic() - fitting, 3)
         info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)

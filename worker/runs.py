@@ -291,16 +291,19 @@ KERNEL_SOURCES = {"estimate": "estimated", "given": "given"}
 def kernel_record(info: dict[str, Any]) -> dict[str, Any] | None:
     """The blur kernel the lr_sons were made with, as the job shows it; None for sr's own cubic downscaling.
 
-    {"size": [kh, kw], "values": [[...]] (rows, summing to 1), "source": "estimated", "shrink": the factor sr
-    narrowed KernelGAN's estimate by to explain the input (1.0 = as estimated), "estimation_seconds": ...}."""
+    {"size": [kh, kw], "values": [[...]] (rows, summing to 1), "source": "estimated", "factor": the factor sr
+    scaled the covariance of KernelGAN's estimate by to explain the input (1.0 = as estimated), "shape": the
+    estimate's shape as used ("estimate", "turned 90", "isotropic", ...), "estimation_seconds": ...}."""
     values = info.get("kernel")
     if not values:
         return None
     source = info.get("kernel_source")
     record: dict[str, Any] = {"size": [len(values), len(values[0])], "values": values,
                               "source": KERNEL_SOURCES.get(source, source)}
-    if info.get("kernel_shrink") is not None:
-        record["shrink"] = float(info["kernel_shrink"])
+    if info.get("kernel_factor") is not None:
+        record["factor"] = float(info["kernel_factor"])
+    if info.get("kernel_shape") is not None:
+        record["shape"] = str(info["kernel_shape"])
     if info.get("kernel_estimation_seconds") is not None:
         record["estimation_seconds"] = float(info["kernel_estimation_seconds"])
     return record

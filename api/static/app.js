@@ -597,9 +597,10 @@ function drawKernel(kernel) {
   });
   context.putImageData(pixels, 0, 0);
   const source = kernel.source === 'estimated' ? 'estimated by KernelGAN' : kernel.source;
-  // shrink < 1: the core narrowed KernelGAN's estimate until it could explain the photo (sr/blind.py)
-  const narrowed = kernel.shrink != null && kernel.shrink < 1 ? `, narrowed ×${kernel.shrink} to fit the photo` : '';
-  ui.kernelCaption.textContent = `Blur kernel ${source}${narrowed}: ${rows}×${columns} pixels, enlarged (white = ` +
+  // factor: the core scaled KernelGAN's estimate to the widest blur that explains the photo (sr/blind.py)
+  const fitted = kernel.factor != null && kernel.factor !== 1
+    ? `, ${kernel.factor < 1 ? 'narrowed' : 'widened'} ×${kernel.factor} to fit the photo` : '';
+  ui.kernelCaption.textContent = `Blur kernel ${source}${fitted}: ${rows}×${columns} pixels, enlarged (white = ` +
     'largest weight). ZSSR trained on examples blurred with it.';
 }
 

@@ -122,5 +122,5 @@ def test_a_kernel_estimate_job_reports_the_estimated_kernel_in_the_job(client):
     assert kernel["source"] == "estimated" and rows == len(kernel["values"]) and columns == len(kernel["values"][0])
     assert rows >= 3 and columns >= 3
     assert abs(sum(map(sum, kernel["values"])) - 1.0) < 1e-3 and min(map(min, kernel["values"])) >= -1e-6
-    assert 0 < kernel["shrink"] <= 1 and kernel["estimation_seconds"] > 0
+    assert 1 / 16 <= kernel["factor"] <= 2 and kernel["shape"] and kernel["estimation_seconds"] > 0
     assert done["params"]["kernel"] == "estimate"

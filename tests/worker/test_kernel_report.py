@@ -22,12 +22,12 @@ def _output(**info) -> Image.Image:
     return output
 
 
-def test_an_estimated_kernel_is_reported_with_its_size_source_and_shrink():
-    fields = sr_metrics(_output(kernel=KERNEL, kernel_source="estimate", kernel_shrink=0.5,
+def test_an_estimated_kernel_is_reported_with_its_size_source_factor_and_shape():
+    fields = sr_metrics(_output(kernel=KERNEL, kernel_source="estimate", kernel_factor=0.5, kernel_shape="turned 90",
                                 kernel_estimation_seconds=1.25))
     assert fields["train_steps"] == "40" and fields["device"] == "cpu"
-    assert json.loads(fields["kernel"]) == {"size": [3, 3], "values": KERNEL, "source": "estimated", "shrink": 0.5,
-                                            "estimation_seconds": 1.25}
+    assert json.loads(fields["kernel"]) == {"size": [3, 3], "values": KERNEL, "source": "estimated", "factor": 0.5,
+                                            "shape": "turned 90", "estimation_seconds": 1.25}
 
 
 def test_a_non_square_kernel_reports_rows_then_columns():
