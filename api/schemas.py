@@ -111,6 +111,8 @@ class JobMetrics(BaseModel):
     run_seconds: float | None
     train_steps: int | None
     device: str | None
+    packed_with: int | None = Field(None, description="jobs trained together with UPSCALER_PACK_JOBS > 1, this "
+                                                      "one included; null when it ran alone")
 
 
 class JobKernel(BaseModel):

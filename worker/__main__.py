@@ -5,7 +5,7 @@
   python -m worker --queues light -c 8   # a CPU host: bicubic jobs and webhook deliveries, 8 threads
 
 The `gpu` queue is served by a solo pool (one process, one job at a time, no fork, so CUDA is never
-initialised in a parent that forks); `light` by a thread pool, so a bicubic job or a webhook never waits
+initialised in a parent that forks; with UPSCALER_PACK_JOBS=K > 1, K threads of that one process); `light` by a thread pool, so a bicubic job or a webhook never waits
 behind ZSSR training. With more than one process to run, this process supervises them: SIGTERM/SIGINT is
 passed on, and if one exits the others are stopped, so an orchestrator sees the failure and restarts.
 """
@@ -56,9 +56,15 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
-def celery_argv(queue: str, *, concurrency: int, loglevel: str) -> list[str]:
-    """The Celery worker command line for one queue (see the module docstring for why these pools)."""
-    pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "threads", "--concurrency", str(concurrency)]
+def celery_argv(queue: str, *, concurrency: int, loglevel: str, pack_jobs: int = 1) -> list[str]:
+    """The Celery worker command line for one queue (see the module docstring for why these pools).
+
+    With `pack_jobs` K > 1 the gpu queue runs K task threads instead of the solo pool: up to K jobs in flight,
+    each acked, reported and canceled by its own thread, trained together by one packer thread (worker/packing.py)."""
+    if queue == "gpu":
+        pool = ["--pool", "solo"] if pack_jobs == 1 else ["--pool", "threads", "--concurrency", str(pack_jobs)]
+    else:
+        pool = ["--pool", "threads", "--concurrency", str(concurrency)]
     return ["worker", "--queues", queue, *pool, "--hostname", f"{queue}-{os.getpid()}@{socket.gethostname()}",
             "--loglevel", loglevel, "--prefetch-multiplier", "1",
             # Gossip, mingle and Celery's own heartbeats are broadcast chatter this service does not use.
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: building the Celery app reads the settings, which were just checked with a clean error.
     from worker.celery_app import app  # noqa: PLC0415
     app.worker_main(celery_argv(queue, concurrency=args.concurrency or settings.light_concurrency,
-                                loglevel=args.loglevel))
+                                loglevel=args.loglevel, pack_jobs=settings.pack_jobs))
     return 0
 
 

@@ -45,6 +45,7 @@ class RunControl:
         self.lease_held_until = started + self.lease_seconds - lease_margin(self.lease_seconds)
         self.stop_reason: str | None = None  # "canceled" | "timeout" | "shutdown" | "lease_lost"
         self.train_steps: int | None = None
+        self.packed_with: int | None = None  # jobs trained together, this one included (worker/packing.py)
         self._last_progress_write = float("-inf")
         self._last_cancel_check = float("-inf")
 

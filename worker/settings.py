@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     webhook_senders: int = Field(4, ge=1)  # delivery threads of each light-queue worker
     light_concurrency: int = Field(4, ge=1)  # threads of a light-queue worker
+    # Up to this many ZSSR jobs in flight in one gpu-queue process, trained together where they can be
+    # (worker/packing.py); 1 = one job at a time (the solo pool).
+    pack_jobs: int = Field(1, ge=1)
     # Test hooks for fault-injection tests, off by default and refused outside local mode: a run pauses
     # this long between computing its result and writing it; "pause" still answers stop requests (cancel,
     # shutdown, a lost lease) every 0.1 s, "hang" does not (a job stuck outside sr).

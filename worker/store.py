@@ -461,6 +461,8 @@ def public_job(fields: dict[str, str], deliveries: list[str] | None = None) -> d
         "run_seconds": _seconds_between(started, finished),
         "train_steps": int(fields["train_steps"]) if fields.get("train_steps") else None,
         "device": fields.get("device") or None,
+        # UPSCALER_PACK_JOBS > 1: how many jobs trained together, this one included; null when it ran alone
+        "packed_with": int(fields["packed_with"]) if fields.get("packed_with") else None,
     }
     last_status = fields.get("webhook_last_status")
     return {

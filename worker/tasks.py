@@ -2,8 +2,10 @@
 
 Messages carry job ids, never images. The task is safe to run twice: `begin_run` lets only one run own
 a job, `finish` writes the result once and schedules the job's one terminal webhook event in the same
-step. Around the tasks, every worker keeps a heartbeat and a reaper thread (worker/reaper.py), and
-light-queue workers a webhook sender (worker/outbox.py).
+step. With UPSCALER_PACK_JOBS > 1 a gpu-queue process hands each upscale to its packer thread
+(worker/packing.py), which trains jobs together; all else stays in the job's own task thread. Around the
+tasks, every worker keeps a heartbeat and a reaper thread (worker/reaper.py), and light-queue workers a
+webhook sender (worker/outbox.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from worker.celery_app import RUN_JOB, app, run_job_message
 from worker.heap import freeze_startup_objects
 from worker.images import OUTPUT_FORMATS, decode_for_sr, encode
 from worker.outbox import WebhookSender
+from worker.packing import Packer
 from worker.reaper import Reaper
 from worker.runs import (SR_CHECKPOINTS, Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics,
                          upscale_job)
@@ -52,7 +55,11 @@ def run_job(self, job_id: str) -> None:
         try:
             image = decode_for_sr(store.load_input(job_id) or b"", settings.max_input_pixels, params.get("crop"))
             control.report("training" if params["method"] == "zssr" else "inference")
-            output = upscale_job(image, params, settings, control, _checkpoint_to_resume(job_id, params, control))
+            resume = _checkpoint_to_resume(job_id, params, control)
+            if _packer is None:
+                output = upscale_job(image, params, settings, control, resume)
+            else:
+                output = _packer.upscale(image, params, control, resume)
             data = encode(output, params["output_format"])
             if settings.test_hooks_enabled and settings.test_hook_seed in (None, params.get("seed")):
                 control.pause_before_result(settings.test_pause_before_result_seconds,
@@ -71,6 +78,8 @@ def run_job(self, job_id: str) -> None:
     fields = {"output": _json(output_meta), **sr_metrics(output)}
     if "train_steps" not in fields and control.train_steps is not None:
         fields["train_steps"] = str(control.train_steps)
+    if control.packed_with is not None:
+        fields["packed_with"] = str(control.packed_with)
     _end(job_id, token, "succeeded", fields, params["method"], started, result=data)
 
 
@@ -127,11 +136,15 @@ def _json(value) -> str:
 # is up; a flag when it shuts down, so running jobs are handed back between two steps.
 
 _background: list = []
+_packer: Packer | None = None  # a gpu-queue process with UPSCALER_PACK_JOBS > 1: the one device owner
 
 
 @signals.worker_ready.connect
 def _start_background(sender=None, **_) -> None:
+    global _packer
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+    if "gpu" in queues and settings.pack_jobs > 1:
+        _packer = Packer(settings, settings.pack_jobs)
     _background.append(Heartbeat(store, sender.hostname, queues))
     _background.append(Reaper(store, settings, _message_for))
     if "light" in queues:
