@@ -6,8 +6,9 @@
 
 The `gpu` queue is served by a solo pool (one process, one job at a time, no fork, so CUDA is never
 initialised in a parent that forks; with UPSCALER_PACK_JOBS=K > 1, K threads of that one process); `light` by
-a thread pool, so a bicubic job or a webhook never waits behind ZSSR training. With more than one process to run, this process supervises them: SIGTERM/SIGINT is
-passed on, and if one exits the others are stopped, so an orchestrator sees the failure and restarts.
+a thread pool, so a bicubic job or a webhook never waits behind ZSSR training. With more than one process to
+run, this process supervises them: SIGTERM/SIGINT is passed on, and if one exits the others are stopped, so an
+orchestrator sees the failure and restarts.
 """
 from __future__ import annotations
 
