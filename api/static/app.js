@@ -589,6 +589,7 @@ function drawKernel(kernel) {
   const largest = Math.max(...kernel.values.flat(), 1e-12);
   ui.kernelCanvas.width = columns;
   ui.kernelCanvas.height = rows;
+  ui.kernelCanvas.style.setProperty('--taps', columns);  // its shown width grows with the kernel (style.css)
   const context = ui.kernelCanvas.getContext('2d');
   const pixels = context.createImageData(columns, rows);
   kernel.values.flat().forEach((value, i) => {
