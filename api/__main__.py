@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from api.main import create_app
+from api.serving import LOOP
 from worker.redis_server import RedisServer, RedisUnavailable
 from worker.settings import SettingsError, UnsafeSettings, load_settings
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"api: {exc}", file=sys.stderr)
         return 2
     uvicorn.run("api.main:app_from_env", factory=True, host=host, port=port, workers=args.workers,
-                log_level=args.log_level, proxy_headers=True)
+                log_level=args.log_level, proxy_headers=True, loop=LOOP)
     return 0
 
 
@@ -71,7 +72,8 @@ def run_dev(*, host: str | None, port: int | None, log_level: str = "info") -> i
         where = "embedded redis-server" if redis_server else "REDIS_URL"
         print(f"ZSSR upscaler (dev): http://{host}:{port}  docs: http://{host}:{port}/docs  "
               f"Redis: {where}; one worker (all queues). Ctrl-C stops all.", file=sys.stderr, flush=True)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level))
+        config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level, loop=LOOP)
+        server = uvicorn.Server(config)
         server.run()
         return 0
     except (RedisUnavailable, SettingsError) as exc:

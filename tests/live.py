@@ -1,4 +1,5 @@
-"""The API under uvicorn on a free port, in a thread: for clients that need a real socket (streams, browsers)."""
+"""The API under uvicorn on a free port, in a thread, on the event loop `python -m api` runs (api/serving.py): for
+clients that need a real socket (streams, browsers, raw HTTP)."""
 from __future__ import annotations
 
 import threading
@@ -7,16 +8,16 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import uvicorn
-from fastapi import FastAPI
+from api.serving import LOOP
 
 from worker.redis_server import free_port
 
 
 @contextmanager
-def serve(app: FastAPI, timeout: float = 10.0) -> Iterator[str]:
-    """Run `app` until the block ends; yields its base URL."""
+def serve(app, timeout: float = 10.0) -> Iterator[str]:
+    """Run the ASGI `app` until the block ends; yields its base URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                                           timeout_graceful_shutdown=2))
+                                           timeout_graceful_shutdown=2, loop=LOOP))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

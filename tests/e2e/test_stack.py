@@ -6,16 +6,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from api.main import create_app
 from tests.e2e.helpers import png_bytes
+from tests.live import serve
 from worker.redis_server import free_port
 from worker.settings import Settings
 
@@ -26,16 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def live_api(settings, worker_process):
     """The API under uvicorn in a thread, with a 50 kB upload limit."""
     app = create_app(Settings(**{**settings.model_dump(), "max_upload_bytes": 50_000}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(app) as base_url:
+        yield base_url
 
 
 def _raw_request(base_url: str, head: str, chunks) -> bytes:

@@ -3,12 +3,9 @@ over real HTTP (uvicorn), against a real worker and Redis. No answer may be a 5x
 the schema documents, in the documented shape."""
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
@@ -16,7 +13,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from api.main import create_app
 from tests.hostile.cases import LIMITS
-from worker.redis_server import free_port
+from tests.live import serve
 from worker.settings import Settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -25,16 +22,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def live_api(settings, worker_process):
     app = create_app(Settings(**{**settings.model_dump(), **LIMITS}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(app) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,127 @@
+"""The event loop the API runs on: uvloop, except that a listening socket accepts every waiting connection at once.
+
+libuv, under uvloop, accepts one connection per event-loop iteration (since libuv 1.45, libuv/libuv#3696). Under
+load an iteration runs the next step of every ready request, a few milliseconds, so a burst of new connections
+(a client pool's first round) was accepted one per iteration: in bench/api_load.py the 50th client's submission
+waited 100-250 ms before its first byte was read, while the first 49 were already polling. Python's own loop
+accepts up to the backlog at each wake-up; this loop does the same and keeps uvloop's faster transports.
+
+uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+import uvloop
+
+log = logging.getLogger(__name__)
+
+LOOP = "api.serving:new_event_loop"  # uvicorn's `loop` setting: an import string of a loop factory
+# Out of file descriptors or memory: stop accepting for a moment rather than spin on a socket that stays readable
+# (asyncio's own loop waits the same second).
+ACCEPT_PAUSE_SECONDS = 1.0
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class GreedyAcceptServer:
+    """Listening sockets whose readiness callback accepts every waiting connection (up to the backlog), each
+    handed to uvloop as an accepted socket. Offers what uvicorn uses of asyncio.Server: `sockets`, `close`,
+    `wait_closed`, `is_serving` (uvicorn drains the open connections itself)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
+                 protocol_factory: Callable[[], asyncio.BaseProtocol], backlog: int):
+        self._loop, self._sockets, self._protocol_factory, self._backlog = loop, sockets, protocol_factory, backlog
+        self._handshakes: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self._serving = True
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.listen(backlog)
+            self._watch(sock)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def close(self) -> None:
+        if not self._serving:
+            return
+        self._serving = False
+        for sock in self._sockets:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def _watch(self, sock: socket.socket) -> None:
+        if self._serving:
+            self._loop.add_reader(sock.fileno(), self._accept_waiting, sock)
+
+    def _accept_waiting(self, sock: socket.socket) -> None:
+        for _ in range(self._backlog):
+            try:
+                connection, _address = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # none waiting (or the client gave up first): the next wake-up says when there is
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRORS:
+                    raise
+                log.error("accept failed (%s); not accepting for %g s", exc, ACCEPT_PAUSE_SECONDS)
+                self._loop.remove_reader(sock.fileno())
+                self._loop.call_later(ACCEPT_PAUSE_SECONDS, self._watch, sock)
+                return
+            connection.setblocking(False)
+            handshake = self._loop.create_task(self._loop.connect_accepted_socket(self._protocol_factory, connection))
+            self._handshakes.add(handshake)
+            handshake.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, handshake: asyncio.Task) -> None:
+        self._handshakes.discard(handshake)
+        if not handshake.cancelled() and handshake.exception() is not None:
+            # The client reset the connection before its transport was set up: nothing to serve.
+            log.debug("an accepted connection could not be set up: %s", handshake.exception())
+
+
+class GreedyAcceptLoop(uvloop.Loop):
+    """uvloop whose plain-TCP servers accept greedily; TLS and other options go to uvloop's own server."""
+
+    async def create_server(self, protocol_factory, host=None, port=None, *, sock=None, backlog=100, ssl=None,
+                            **options):
+        if ssl is not None or options:
+            return await super().create_server(protocol_factory, host, port, sock=sock, backlog=backlog, ssl=ssl,
+                                               **options)
+        sockets = [sock] if sock is not None else await self._bind(host, port)
+        return GreedyAcceptServer(self, sockets, protocol_factory, backlog)
+
+    async def _bind(self, host: str | None, port: int | None) -> list[socket.socket]:
+        """A listening socket for every address `host` names (all interfaces when it is empty), as asyncio binds."""
+        addresses = await self.getaddrinfo(host or None, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        sockets: list[socket.socket] = []
+        try:
+            for family, kind, proto, _name, address in dict.fromkeys(addresses):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 address has its own
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                             f"{exc.strerror.lower()}") from None
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    return GreedyAcceptLoop()
