@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # Up to this many ZSSR jobs in flight in one gpu-queue process, trained together where they can be
     # (worker/packing.py); 1 = one job at a time (the solo pool).
     pack_jobs: int = Field(1, ge=1)
+    # The CPU priority (nice value) worker processes run at. A worker sharing a host with the API (--dev, a small
+    # single-host install) yields the CPU to request handling; on a host of its own it changes nothing. 0 = the
+    # priority it was started with.
+    worker_nice: int = Field(10, ge=0, le=19)
     # Test hooks for fault-injection tests, off by default and refused outside local mode: a run pauses
     # this long between computing its result and writing it; "pause" still answers stop requests (cancel,
     # shutdown, a lost lease) every 0.1 s, "hang" does not (a job stuck outside sr).
