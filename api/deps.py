@@ -1,4 +1,4 @@
-"""`Annotated` dependencies: the settings, the store, the caller's key, and a job the caller may see.
+"""`Annotated` dependencies: the store, the caller (its key, counted against its rate), and a job the caller may see.
 
 Ownership is checked once, in `get_job_or_404`: a job of another key is answered exactly like an unknown id.
 All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a costly hop on every poll.
@@ -22,15 +22,10 @@ from worker.store import AsyncJobStore, Lookup, RateLimit, is_job_id
 OPEN_ACCESS_OWNER = "open"
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 async def get_store(request: Request) -> AsyncJobStore:
     return request.app.state.store
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 
 
@@ -83,20 +78,29 @@ def refuse_if_limited(wait: float, settings: Settings) -> None:
                                             "with this key; slow down", {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
-async def get_current_key(request: Request) -> str:
-    """Authenticate the caller and count the request against its key's rate: the caller's owner id.
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller whose request was counted, with what its route needs to serve it."""
+    owner: str  # the id its jobs are filed under (owner_of its key)
+    settings: Settings
+    store: AsyncJobStore
 
-    One dependency for both (reading the settings and the store from the app, not through further
-    dependencies): FastAPI's cost grows with every dependency a route resolves."""
+
+async def get_current_key(request: Request) -> Caller:
+    """Authenticate the caller and count the request against its key's rate.
+
+    One dependency for all of it, handing the route the settings and the store as well: FastAPI's cost grows
+    with every dependency a route resolves (two more, for the settings and the store, cost a submission 7% of
+    the API's CPU: `python bench/submit_cpu.py`)."""
     state = request.app.state
     owner = authenticate(request, state.settings)
     rate = rate_limit_for(owner, state.settings)
     if rate is not None:
         refuse_if_limited(await state.store.take_request(rate), state.settings)
-    return owner
+    return Caller(owner, state.settings, state.store)
 
 
-CurrentKey = Annotated[str, Depends(get_current_key)]
+CurrentKey = Annotated[Caller, Depends(get_current_key)]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if b"content-length" not in headers and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body (RFC 9112 6.3): a poll skips the counting wrappers
+            return
         limit = body_limit(self.max_image_bytes, headers.get(b"content-type", b"").decode("latin-1").lower())
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import CurrentKey, JobDep, SettingsDep, StoreDep
+from api.deps import CurrentKey, JobDep, StoreDep
 from api.errors import ApiError
 from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
@@ -133,8 +133,9 @@ async def check_webhook_target(url: str, settings: Settings) -> None:
 
 @router.post("", status_code=202, response_model=JobPublic, openapi_extra=_submission_openapi(),
              responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)}})
-async def create_job(request: Request, settings: SettingsDep, store: StoreDep, owner: CurrentKey) -> JSONResponse:
+async def create_job(request: Request, caller: CurrentKey) -> JSONResponse:
     """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
+    settings, store = caller.settings, caller.store
     params, image = await read_submission(request, settings)
     check_kernel_scale(params)
     try:
@@ -161,7 +162,7 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
         await check_webhook_target(params.webhook_url, settings)
     job_id, queue = new_job_id(), METHOD_QUEUE[params.method]
     fields = new_job_fields(
-        job_id, owner, params=params.model_dump(exclude={"webhook_url"}),
+        job_id, caller.owner, params=params.model_dump(exclude={"webhook_url"}),
         input_info={"width": info.width, "height": info.height, "mode": info.mode, "bytes": len(image),
                     "format": info.format},
         output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
@@ -177,10 +178,10 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, o
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
-async def list_jobs(store: StoreDep, owner: CurrentKey, status: Status | None = None,
+async def list_jobs(caller: CurrentKey, status: Status | None = None,
                     limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JSONResponse:
     """The caller's jobs, newest first, optionally only those in one status."""
-    jobs = await store.list_for(owner, status=status, limit=limit)
+    jobs = await caller.store.list_for(caller.owner, status=status, limit=limit)
     return JSONResponse({"jobs": jobs, "count": len(jobs)})
 
 
