@@ -90,6 +90,7 @@ def small_png(width: int, height: int) -> bytes:
 class Tally:
     def __init__(self):
         self.submit_seconds: list[float] = []
+        self.later_submit_seconds: list[float] = []  # each client's submissions after its first
         self.polls = 0
         self.accepted: list[str] = []
         self.succeeded: set[str] = set()
@@ -103,6 +104,7 @@ class Tally:
 async def load_client(host: str, port: int, body: bytes, expected: tuple[int, int], jobs: asyncio.Queue,
                       tally: Tally, poll_interval: float) -> None:
     connection = Connection(host, port)
+    first = True
     try:
         while True:
             try:
@@ -112,6 +114,9 @@ async def load_client(host: str, port: int, body: bytes, expected: tuple[int, in
             started = time.perf_counter()
             status, payload = await connection.request("POST", "/v1/jobs", body, f"multipart/form-data; boundary={BOUNDARY}")
             tally.submit_seconds.append(time.perf_counter() - started)
+            if not first:
+                tally.later_submit_seconds.append(tally.submit_seconds[-1])
+            first = False
             tally.count(status)
             if status != 202:
                 continue
@@ -227,6 +232,7 @@ def main() -> int:
                             "--log-level", "warning"], cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT)
     try:
         wait_ready(port, [worker, api])
+        worker_nice = os.getpriority(os.PRIO_PROCESS, worker.pid)  # UPSCALER_WORKER_NICE, set as it starts
         body = multipart_body(small_png(args.size, args.size), {"method": "bicubic", "scale": "2"})
         expected = (args.size * 2, args.size * 2)
         load, polls = Tally(), Tally()
@@ -269,8 +275,8 @@ def main() -> int:
             "submit_ms_p50": round(statistics.median(load.submit_seconds) * 1000, 1),
             "submit_ms_p99": round(percentile(load.submit_seconds, 0.99) * 1000, 1),
             "submit_ms_max": round(max(load.submit_seconds) * 1000, 1),
-            # The first submission of each client meets a cold server (connections, threads, caches).
-            "submit_ms_p99_after_first_round": round(percentile(load.submit_seconds[args.clients:], 0.99) * 1000, 1),
+            # Each client's first submission opens its connection, all 50 at once.
+            "submit_ms_p99_after_first_round": round(percentile(load.later_submit_seconds, 0.99) * 1000, 1),
             "polls_per_second_during_load": round(load.polls / load_wall, 1),
             "polls_per_second_poll_phase": round(polls.polls / poll_wall, 1),
             "http_statuses": {**{str(k): v for k, v in sorted(load.statuses.items())}},
@@ -278,7 +284,7 @@ def main() -> int:
             "cpu_seconds_load_phase": {k: round(v, 1) for k, v in cpu_load.items()},
             "cpu_seconds_poll_phase": {k: round(v, 1) for k, v in cpu_polls.items()},
             "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "cores": os.cpu_count(), "api_workers": args.api_workers,
+            "cores": os.cpu_count(), "api_workers": args.api_workers, "worker_nice": worker_nice,
         }
         print(json.dumps(report, indent=2))
         return 0 if lost == 0 and not load.wrong else 1
