@@ -16,11 +16,15 @@ import logging
 import socket
 from collections.abc import Callable
 
-import uvloop
+try:
+    import uvloop
+except ImportError:  # not installed where it does not build (Windows): uvicorn then runs Python's own loop
+    uvloop = None
 
 log = logging.getLogger(__name__)
 
-LOOP = "api.serving:new_event_loop"  # uvicorn's `loop` setting: an import string of a loop factory
+# uvicorn's `loop` setting: an import string of a loop factory (or, without uvloop, uvicorn's own choice)
+LOOP = "api.serving:new_event_loop" if uvloop is not None else "auto"
 # Out of file descriptors or memory: stop accepting for a moment rather than spin on a socket that stays readable
 # (asyncio's own loop waits the same second).
 ACCEPT_PAUSE_SECONDS = 1.0
@@ -89,7 +93,7 @@ class GreedyAcceptServer:
             log.debug("an accepted connection could not be set up: %s", handshake.exception())
 
 
-class GreedyAcceptLoop(uvloop.Loop):
+class GreedyAcceptLoop(uvloop.Loop if uvloop is not None else asyncio.SelectorEventLoop):
     """uvloop whose plain-TCP servers accept greedily; TLS and other options go to uvloop's own server."""
 
     async def create_server(self, protocol_factory, host=None, port=None, *, sock=None, backlog=100, ssl=None,
