@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UnsafeSettings) as exc:
         print(f"api: {exc}", file=sys.stderr)
         return 2
+    # Several processes share one listening socket: there uvloop's one accept per wake-up spreads a burst of
+    # connections across them, where a greedy accept would hand it all to whichever process woke first.
+    loop = LOOP if args.workers == 1 else "auto"
     uvicorn.run("api.main:app_from_env", factory=True, host=host, port=port, workers=args.workers,
-                log_level=args.log_level, proxy_headers=True, loop=LOOP)
+                log_level=args.log_level, proxy_headers=True, loop=loop)
     return 0
 
 

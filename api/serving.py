@@ -6,7 +6,8 @@ load an iteration runs the next step of every ready request, a few milliseconds,
 waited 100-250 ms before its first byte was read, while the first 49 were already polling. Python's own loop
 accepts up to the backlog at each wake-up; this loop does the same and keeps uvloop's faster transports.
 
-uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`.
+uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`. `python -m api --workers N` (N > 1) keeps stock uvloop:
+its processes share one listening socket, and one accept per wake-up spreads a burst across them.
 """
 from __future__ import annotations
 
