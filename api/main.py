@@ -13,7 +13,7 @@ from api.limits import BodySizeLimit
 from api.routes import events, health, jobs, page
 from worker.celery_app import make_celery, run_job_message
 from worker.heap import freeze_startup_objects
-from worker.settings import Settings, load_settings
+from worker.settings import QUEUES, Settings, load_settings
 from worker.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def warm_up(app: FastAPI) -> None:
     """Do once, before the first request, what the first submissions would otherwise all wait for: Pillow's
-    format plugins, Celery's message machinery, the store's scripts and a few Redis connections."""
+    format plugins, each queue's run_job message template, the store's scripts and a few Redis connections."""
     Image.init()
-    run_job_message(app.state.celery, "0" * 32, "light")
+    for queue in QUEUES:
+        run_job_message(app.state.celery, "0" * 32, queue)
     try:
         await app.state.store.warm_up(connections=WARM_REDIS_CONNECTIONS)
     except redis.RedisError:  # Redis not up yet: the API starts anyway and answers 503 until it is

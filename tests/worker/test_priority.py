@@ -23,20 +23,20 @@ def test_the_worker_and_its_pools_run_at_the_default_nice_value(worker_process):
     assert [niceness(pid) for pid in [worker_process.pid, *pools]] == [10, 10, 10]
 
 
+def priorities_after(calls: str, *, started_at: int = 0) -> list[str]:
+    """The nice values a fresh process (started at `started_at`) prints after each of `calls` (comma-separated
+    lower_priority arguments)."""
+    script = ("import os; from worker.__main__ import lower_priority\n"
+              f"for nice in ({calls},):\n"
+              "    lower_priority(nice); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    return subprocess.run(["nice", "-n", str(started_at), sys.executable, "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+
+
 def test_lower_priority_only_ever_lowers_it():
-    script = ("import os; from worker.__main__ import lower_priority as lower; "
-              "lower(5); a = os.getpriority(os.PRIO_PROCESS, 0); "
-              "lower(3); b = os.getpriority(os.PRIO_PROCESS, 0); "
-              "lower(0); c = os.getpriority(os.PRIO_PROCESS, 0); print(a, b, c)")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-    assert out.split() == ["5", "5", "5"]
+    assert priorities_after("5, 3, 0") == ["5", "5", "5"]
 
 
-def test_zero_keeps_the_priority_it_was_started_with(tmp_path):
-    out = subprocess.run(["nice", "-n", "3", sys.executable, "-c",
-                          "import os; from worker.__main__ import lower_priority; lower_priority(0); "
-                          "print(os.getpriority(os.PRIO_PROCESS, 0))"],
-                         cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-    assert out.strip() == "3"
+def test_zero_keeps_the_priority_it_was_started_with():
+    assert priorities_after("0", started_at=3) == ["3"]
