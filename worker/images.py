@@ -37,7 +37,8 @@ class ImageInfo:
     frames: int
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only (no pixel decoded): refuse what is not a supported image or declares too many pixels."""
     if not data:
         raise ImageRejected("empty_image", "the image is empty (0 bytes)")
     try:
@@ -62,7 +63,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     """Validate `data` completely (decode every pixel of the first frame); raise ImageRejected if not acceptable."""
-    image = _open(data, max_pixels)
+    return check_pixels(open_image(data, max_pixels))
+
+
+def check_pixels(image: Image.Image) -> ImageInfo:
+    """Decode every pixel of an opened image's first frame (a truncated or corrupt file is refused here)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -79,7 +84,7 @@ def decode_for_sr(data: bytes, max_pixels: int, crop: dict[str, int] | None = No
     """Decode an accepted upload into an image the sr core takes: first frame, EXIF-oriented, a supported mode.
 
     `crop` ({"x", "y", "width", "height"}, in the oriented image's pixels) keeps only that region."""
-    image = _open(data, max_pixels)
+    image = open_image(data, max_pixels)
     try:
         image.load()
     except MemoryError:

@@ -133,40 +133,68 @@ local function close_job(id, from, outcome, now, default_ttl, tomb_ttl)
 end
 """
 
-# ARGV: P, id, ttl, tomb_ttl, owner, created_at (µs), fields json, input, max active per owner (0: none), now,
-#       the queue's Redis list and the job's run_job message ('' and '': record only, send nothing)
-# -> 1, or 0 when the owner already has the most unfinished jobs allowed
-_CREATE = _PRELUDE + """
+# Requests per second per owner, GCRA (a leaky bucket kept as one timestamp, on Redis's clock so every
+# API process agrees): take_request(the owner's bucket, ms between requests at the sustained rate, burst)
+# -> 1, 0 allowed (and counted), or 0, ms to wait (not counted)
+_GCRA = """
+local function take_request(bucket, interval, burst)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+  local tolerance = interval * (burst - 1)
+  local tat = tonumber(redis.call('GET', bucket) or now)
+  if tat < now then tat = now end
+  local wait = tat - tolerance - now
+  if wait > 0 then return 0, math.ceil(wait) end
+  tat = tat + interval
+  redis.call('SET', bucket, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+  return 1, 0
+end
+"""
+
+# KEYS: the owner's bucket. ARGV: ms between requests, burst -> {1, 0} allowed, or {0, ms to wait}
+_RATE_LIMIT = _GCRA + """
+local allowed, wait = take_request(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+return {allowed, wait}
+"""
+
+# ARGV: P, id, ttl, tomb_ttl, owner, created_at (µs), input, max active per owner (0: none), now,
+#       the queue's Redis list and the job's run_job message ('' and '': record only, send nothing),
+#       the owner's rate bucket, ms between requests and burst ('', 0, 0: the request is not counted here),
+#       then the job record's fields: name, value, name, value, ...
+# -> {'created', 0}, or nothing written and {'rate_limited', ms to wait} or {'too_many_jobs', 0} (the owner
+#    already has the most unfinished jobs allowed)
+_CREATE = _PRELUDE + _GCRA + """
 local id, owner = ARGV[2], ARGV[5]
+if ARGV[12] ~= '' then  -- the submission is counted against its key's rate in this round trip
+  local allowed, wait = take_request(ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]))
+  if allowed == 0 then return {'rate_limited', wait} end
+end
 local active = P .. 'owner:' .. owner .. ':active'
-local max_active = tonumber(ARGV[9])
+local max_active = tonumber(ARGV[8])
 if max_active > 0 and redis.call('SCARD', active) >= max_active then
   -- forget ids whose job ended or expired without passing through close_job, then count again
   for _, other in ipairs(redis.call('SMEMBERS', active)) do
     local status = redis.call('HGET', job_key(other), 'status')
     if status ~= 'queued' and status ~= 'running' then redis.call('SREM', active, other) end
   end
-  if redis.call('SCARD', active) >= max_active then return 0 end
+  if redis.call('SCARD', active) >= max_active then return {'too_many_jobs', 0} end
 end
 local job = job_key(id)
-local fields = cjson.decode(ARGV[7])
-local flat = {}
-for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
-redis.call('HSET', job, unpack(flat))
+redis.call('HSET', job, unpack(ARGV, 15))
 local ttl = tonumber(ARGV[3])
 redis.call('EXPIRE', job, ttl)
-redis.call('SET', job .. ':input', ARGV[8], 'EX', ttl)
+redis.call('SET', job .. ':input', ARGV[7], 'EX', ttl)
 redis.call('SET', P .. 'tomb:' .. id, owner, 'EX', ttl + tonumber(ARGV[4]))
 local index = P .. 'owner:' .. owner .. ':jobs'
 redis.call('ZADD', index, tonumber(ARGV[6]), id)
 if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
 redis.call('SADD', active, id)
 if redis.call('TTL', active) < ttl then redis.call('EXPIRE', active, ttl) end
-redis.call('ZADD', P .. 'queued', ARGV[10], id)
-if ARGV[11] ~= '' then redis.call('LPUSH', ARGV[11], ARGV[12]) end
+redis.call('ZADD', P .. 'queued', ARGV[9], id)
+if ARGV[10] ~= '' then redis.call('LPUSH', ARGV[10], ARGV[11]) end
 stat('active:queued', 1)
 stat('total:queued', 1)
-return 1
+return {'created', 0}
 """
 
 # ARGV: P, id, token, now, lease_ms, worker name
@@ -393,24 +421,6 @@ if ttl > 0 then redis.call('PEXPIRE', state, ttl) end
 return 1
 """
 
-# Requests per second per owner, GCRA (a leaky bucket kept as one timestamp, on Redis's clock so every
-# API process agrees). KEYS: the owner's bucket. ARGV: ms between requests at the sustained rate, burst
-# -> {1, 0} allowed, or {0, ms to wait}
-_RATE_LIMIT = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait > 0 then return {0, math.ceil(wait)} end
-tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
-return {1, 0}
-"""
-
-
 # --- the record as stored and as shown ----------------------------------------------------------------
 
 def iso(epoch: str | float | None) -> str | None:
@@ -530,11 +540,22 @@ Message = tuple[str, str]  # (the queue's Redis list, a run_job message): worker
 
 
 def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int, max_active: int,
-                 message: Message | None) -> list:
+                 message: Message | None, rate: RateLimit | None = None) -> list:
     """The arguments of the create script (shared by both stores)."""
     created_us = int(float(fields["created_at"]) * 1_000_000)  # exact in a double; orders same-ms submissions
-    return [PREFIX, fields["id"], int(fields["ttl"]), tombstone_seconds, fields["owner"], created_us,
-            json.dumps(fields), input_bytes, max_active, fields["created_at"], *(message or ("", ""))]
+    return [PREFIX, fields["id"], int(fields["ttl"]), tombstone_seconds, fields["owner"], created_us, input_bytes,
+            max_active, fields["created_at"], *(message or ("", "")), *([rate.key, *rate.args] if rate else ("", 0, 0)),
+            *(item for field in fields.items() for item in field)]
+
+
+class Creation(NamedTuple):
+    outcome: str  # 'created', or why nothing was written: 'rate_limited' or 'too_many_jobs'
+    rate_wait: float  # with 'rate_limited': the seconds before the key's next request is allowed
+
+
+def _creation(reply: list) -> Creation:
+    outcome, wait_ms = reply
+    return Creation(_text(outcome), int(wait_ms) / 1000)
 
 
 def _decode(mapping: dict) -> dict[str, str]:
@@ -608,8 +629,8 @@ class JobStore:
                message: Message | None = None) -> bool:
         """Record a queued job and push its message (none: record only); False (nothing written) when its
         owner has `max_active` unfinished jobs."""
-        return bool(self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
-                                                   message)))
+        reply = self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active, message))
+        return _creation(reply).outcome == "created"
 
     def fields(self, job_id: str) -> dict[str, str] | None:
         found = _decode(self.redis.hgetall(JobKeys.of(job_id).job))
@@ -801,11 +822,12 @@ class AsyncJobStore:
         await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
 
     async def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0,
-                     message: Message | None = None) -> bool:
-        """Record a queued job and push its message, in one script; False (nothing written) when its owner
-        has `max_active` unfinished jobs."""
-        return bool(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
-                                                         message)))
+                     message: Message | None = None, rate: RateLimit | None = None) -> Creation:
+        """Record a queued job and push its message, in one script. Nothing is written when its owner has
+        `max_active` unfinished jobs, or when `rate` is given and the request is over it (the request is counted
+        against `rate` in the same round trip)."""
+        return _creation(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
+                                                              message, rate)))
 
     async def take_request(self, rate: RateLimit) -> float:
         """Count one request of `rate.owner`: 0.0 if allowed, else the seconds to wait before the next one."""

@@ -5,6 +5,7 @@ import base64
 import binascii
 import json
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -15,20 +16,27 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import CurrentKey, JobDep, StoreDep
+from api.deps import Caller, CurrentKey, JobDep, StoreDep, SubmittingKey, refuse_if_limited
 from api.errors import ApiError
 from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
-from worker.images import MIN_SIDE, OUTPUT_FORMATS, ImageRejected, inspect_image, output_size
+from worker.images import (MIN_SIDE, OUTPUT_FORMATS, ImageInfo, ImageRejected, check_pixels, open_image,
+                           output_size)
 from worker.settings import KERNEL_ESTIMATION_MIN_SIDE, KERNEL_ESTIMATION_SCALES, METHOD_QUEUE, Settings
-from worker.store import TERMINAL, new_job_fields, new_job_id, public_job
+from worker.store import TERMINAL, RateLimit, new_job_fields, new_job_id, public_job
 from worker.webhooks import TargetRefused, check_url_syntax, resolve_target
 
-# Every route here needs a valid key, and counts against its request rate (CurrentKey, api/deps.py).
+# Every route here needs a valid key, and counts against its request rate (CurrentKey, api/deps.py; a submission
+# counts itself: SubmissionCount).
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 POLL_RETRY_AFTER_SECONDS = "1"
 ACTIVE_JOBS_RETRY_AFTER_SECONDS = 5
+# An upload at most this large, declaring at most this many pixels, is decoded on the event loop (under a
+# millisecond: a flat 256x256 PNG of 2 KB takes 0.6 ms here; a thread hop costs more); a larger one in a thread.
 INLINE_DECODE_BYTES = 32 * 1024
+INLINE_DECODE_PIXELS = 256 * 256
+# A submission body at most this large is read before the request is counted against its key's rate.
+SMALL_SUBMISSION_BYTES = 64 * 1024
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 429)}
 
 
@@ -131,20 +139,58 @@ async def check_webhook_target(url: str, settings: Settings) -> None:
         raise ApiError(422, "webhook_url_refused", str(exc)) from None
 
 
-@router.post("", status_code=202, response_model=JobPublic, openapi_extra=_submission_openapi(),
-             responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)}})
-async def create_job(request: Request, caller: CurrentKey) -> JSONResponse:
-    """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
-    settings, store = caller.settings, caller.store
-    params, image = await read_submission(request, settings)
-    check_kernel_scale(params)
+class SubmissionCount:
+    """Counts a submission against its key's rate exactly once. A submission that is cheap to check (a small
+    body, a small image) is counted in the round trip that records its job; any other is counted before the
+    costly part (reading a large body, decoding a large image), so a caller over its rate cannot make the API
+    do that work; a refused submission is counted before its refusal is answered."""
+
+    def __init__(self, caller: Caller):
+        self.caller, self.counted = caller, False
+
+    async def now(self) -> None:
+        if not self.counted:
+            self.counted = True
+            await self.caller.count_request()
+
+    def with_create(self) -> RateLimit | None:
+        """The rate for the create script to count against (None when the request was already counted)."""
+        return None if self.counted else self.caller.rate
+
+
+def small_body(request: Request) -> bool:
+    length = request.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= SMALL_SUBMISSION_BYTES
+
+
+async def inspect_upload(image: bytes, settings: Settings, count: SubmissionCount) -> ImageInfo:
+    """Decode the whole upload: on the event loop when it is small (a thread hop costs more), else in a thread,
+    after the request is counted."""
     try:
-        if len(image) <= INLINE_DECODE_BYTES:  # decodes in well under a millisecond: a thread hop costs more
-            info = inspect_image(image, settings.max_input_pixels)
-        else:
-            info = await anyio.to_thread.run_sync(inspect_image, image, settings.max_input_pixels)
+        header = open_image(image, settings.max_input_pixels)
+        if len(image) <= INLINE_DECODE_BYTES and header.width * header.height <= INLINE_DECODE_PIXELS:
+            return check_pixels(header)
+        await count.now()
+        return await anyio.to_thread.run_sync(check_pixels, header)
     except ImageRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
+
+
+@dataclass(frozen=True)
+class Submission:
+    params: JobCreate
+    image: bytes
+    info: ImageInfo
+    output: tuple[int, int]  # width, height
+
+
+async def checked_submission(request: Request, settings: Settings, count: SubmissionCount) -> Submission:
+    """The submission, checked as far as it can be before its job is recorded; ApiError (4xx) if it is refused."""
+    if not small_body(request):
+        await count.now()
+    params, image = await read_submission(request, settings)
+    check_kernel_scale(params)
+    info = await inspect_upload(image, settings, count)
     if params.crop:
         check_crop(params.crop, info.width, info.height)
     upscaled = (params.crop.width, params.crop.height) if params.crop else (info.width, info.height)
@@ -159,18 +205,39 @@ async def create_job(request: Request, caller: CurrentKey) -> JSONResponse:
     if width < 1 or height < 1:
         raise ApiError(422, "output_too_small", "the output would have no pixels")
     if params.webhook_url:
+        await count.now()  # resolving the target's name is a thread hop
         await check_webhook_target(params.webhook_url, settings)
+    return Submission(params, image, info, (width, height))
+
+
+@router.post("", status_code=202, response_model=JobPublic, openapi_extra=_submission_openapi(),
+             responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)}})
+async def create_job(request: Request, caller: SubmittingKey) -> JSONResponse:
+    """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
+    settings, store = caller.settings, caller.store
+    count = SubmissionCount(caller)
+    try:
+        submission = await checked_submission(request, settings, count)
+    except Exception:
+        await count.now()  # over the rate: 429 instead of the submission's own error
+        raise
+    params, info, (width, height) = submission.params, submission.info, submission.output
     job_id, queue = new_job_id(), METHOD_QUEUE[params.method]
     fields = new_job_fields(
         job_id, caller.owner, params=params.model_dump(exclude={"webhook_url"}),
-        input_info={"width": info.width, "height": info.height, "mode": info.mode, "bytes": len(image),
+        input_info={"width": info.width, "height": info.height, "mode": info.mode, "bytes": len(submission.image),
                     "format": info.format},
         output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
                      "bytes": 0},
         queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
-    # One script records the job and pushes its run_job message: accepted means recorded and enqueued.
+    # One script counts the request (if not yet), records the job and pushes its run_job message: accepted means
+    # recorded and enqueued.
     message = run_job_message(request.app.state.celery, job_id, queue)
-    if not await store.create(fields, image, max_active=settings.max_active_jobs_per_key, message=message):
+    creation = await store.create(fields, submission.image, max_active=settings.max_active_jobs_per_key,
+                                  message=message, rate=count.with_create())
+    if creation.outcome == "rate_limited":
+        refuse_if_limited(creation.rate_wait, settings)
+    if creation.outcome == "too_many_jobs":
         raise ApiError(429, "too_many_jobs", f"this key has {settings.max_active_jobs_per_key} unfinished jobs, "
                                              "the most allowed; wait for some to finish",
                        {"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_SECONDS)})

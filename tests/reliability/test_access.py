@@ -3,17 +3,21 @@ targets (private addresses, DNS answers that change between the check and the se
 logs, errors or job records."""
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import time
 
 import pytest
+from PIL import Image
 
 from tests.e2e.helpers import WEBHOOK_SECRET, png_bytes, submit
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver
 from worker.outbox import deliver_event
-from worker.store import TERMINAL, is_job_id
+from api.deps import owner_of
+from api.routes.jobs import SMALL_SUBMISSION_BYTES
+from worker.store import TERMINAL, is_job_id, owner_index_key
 
 KEY_A, KEY_B = "key-alpha-" + "7" * 24, "key-beta-" + "3" * 24
 
@@ -75,6 +79,32 @@ def test_requests_per_second_per_key_are_limited_across_api_processes(fresh):
     assert first.get("/v1/jobs", headers=auth(KEY_B)).status_code == 200  # another key has its own budget
     time.sleep(0.5)  # the sustained rate refills (5 a second)
     assert second.get("/v1/jobs", headers=auth(KEY_A)).status_code == 200
+
+
+def noisy_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((side, side), 60).convert("RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_submission_counts_once_against_the_rate_whether_accepted_or_refused(fresh):
+    """A small submission is counted in the round trip that records its job, a refused one before its refusal,
+    a large one before its body is read: each exactly once, and one over the rate records nothing."""
+    cluster = fresh
+    client = cluster.client(api_keys=KEY_A, rate_limit_per_second=0.2, rate_limit_burst=4, max_active_jobs_per_key=0)
+
+    def post(image: bytes = png_bytes(), **fields: str):
+        return client.post("/v1/jobs", files={"image": ("a.png", image, "image/png")},
+                           data={"method": "bicubic", **fields}, headers=auth(KEY_A))
+
+    large = noisy_png(200)
+    assert len(large) > SMALL_SUBMISSION_BYTES  # counted before its body is read
+    within = [post(), post(b"not an image"), post(scale="9"), post(large)]  # the burst of 4
+    assert [r.status_code for r in within] == [202, 415, 422, 202], [r.text for r in within]
+    over = [post(), post(b"not an image"), post(large)]
+    assert [(r.status_code, r.json()["error"]["code"]) for r in over] == [(429, "rate_limited")] * 3
+    assert all(int(r.headers["retry-after"]) >= 1 for r in over)
+    assert cluster.store.redis.zcard(owner_index_key(owner_of(KEY_A))) == 2  # only the two accepted jobs
 
 
 def test_unfinished_jobs_per_key_are_limited(fresh):
