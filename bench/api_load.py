@@ -215,6 +215,7 @@ def main() -> int:
                         help="pause between two polls of one job in the load phase (0: back to back)")
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (uvicorn workers)")
     parser.add_argument("--light-concurrency", type=int, default=4)
+    parser.add_argument("--worker-nice", type=int, help="UPSCALER_WORKER_NICE for the worker (default: its default)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="api-load-"))
@@ -225,6 +226,8 @@ def main() -> int:
     # here: this measures throughput and latency, not 429s.
     env.update(REDIS_URL=redis_server.url, PYTHONPATH=str(ROOT), UPSCALER_LOG_LEVEL="WARNING",
                UPSCALER_RATE_LIMIT_PER_SECOND="1000000", UPSCALER_MAX_ACTIVE_JOBS_PER_KEY="0")
+    if args.worker_nice is not None:
+        env["UPSCALER_WORKER_NICE"] = str(args.worker_nice)
     logs = open(workdir / "services.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "worker", "--concurrency", str(args.light_concurrency)],
                               cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT)

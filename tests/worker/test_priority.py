@@ -1,4 +1,4 @@
-"""Worker processes run at UPSCALER_WORKER_NICE (default 10), so on a host shared with the API requests come first."""
+"""Worker processes run at UPSCALER_WORKER_NICE (default 19), so on a host shared with the API requests come first."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,7 @@ def children(pid: int) -> list[int]:
 def test_the_worker_and_its_pools_run_at_the_default_nice_value(worker_process):
     pools = children(worker_process.pid)
     assert len(pools) == 2  # the gpu-queue and light-queue workers it supervises
-    assert [niceness(pid) for pid in [worker_process.pid, *pools]] == [10, 10, 10]
+    assert [niceness(pid) for pid in [worker_process.pid, *pools]] == [19, 19, 19]
 
 
 def priorities_after(calls: str, *, started_at: int = 0) -> list[str]:
