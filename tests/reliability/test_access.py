@@ -11,12 +11,12 @@ import time
 import pytest
 from PIL import Image
 
+from api.deps import owner_of
+from api.routes.jobs import SMALL_SUBMISSION_BYTES
 from tests.e2e.helpers import WEBHOOK_SECRET, png_bytes, submit
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver
 from worker.outbox import deliver_event
-from api.deps import owner_of
-from api.routes.jobs import SMALL_SUBMISSION_BYTES
 from worker.store import TERMINAL, is_job_id, owner_index_key
 
 KEY_A, KEY_B = "key-alpha-" + "7" * 24, "key-beta-" + "3" * 24
@@ -88,10 +88,11 @@ def noisy_png(side: int) -> bytes:
 
 
 def test_a_submission_counts_once_against_the_rate_whether_accepted_or_refused(fresh):
-    """A small submission is counted in the round trip that records its job, a refused one before its refusal,
-    a large one before its body is read: each exactly once, and one over the rate records nothing."""
+    """Each submission is counted exactly once, whichever way (a small one in the round trip that records its
+    job, a refused one before its refusal, a large one before its body is read), and one over the rate records
+    nothing. One request per 20 s: the burst cannot refill while the test runs."""
     cluster = fresh
-    client = cluster.client(api_keys=KEY_A, rate_limit_per_second=0.2, rate_limit_burst=4, max_active_jobs_per_key=0)
+    client = cluster.client(api_keys=KEY_A, rate_limit_per_second=0.05, rate_limit_burst=4, max_active_jobs_per_key=0)
 
     def post(image: bytes = png_bytes(), **fields: str):
         return client.post("/v1/jobs", files={"image": ("a.png", image, "image/png")},
