@@ -132,18 +132,15 @@ async def get_job_or_404(request: Request, job_id: Annotated[str, Path(descripti
     """The caller's job, or 404 (also for another key's job), or 410 (expired). Authenticates and counts the
     request like CurrentKey, the count riding in the same Redis round trip as the read (polls are the most
     frequent request)."""
-    state = request.app.state
-    owner = authenticate(request, state.settings)
-    rate = rate_limit_for(owner, state.settings)
+    caller = _caller(request)
     if not is_job_id(job_id):
-        if rate is not None:
-            refuse_if_limited(await state.store.take_request(rate), state.settings)
+        await caller.count_request()
         raise ApiError(404, "job_not_found", "no such job")
-    found: Lookup = await state.store.lookup(job_id, rate=rate)
-    refuse_if_limited(found.rate_wait, state.settings)
-    if found.visible_to(owner):
+    found: Lookup = await caller.store.lookup(job_id, rate=caller.rate)
+    refuse_if_limited(found.rate_wait, caller.settings)
+    if found.visible_to(caller.owner):
         return OwnedJob(job_id, found.fields, found.deliveries)
-    if found.expired_for(owner):
+    if found.expired_for(caller.owner):
         raise ApiError(410, "job_expired", "the job expired; its record and result were deleted")
     raise ApiError(404, "job_not_found", "no such job")
 
