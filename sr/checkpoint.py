@@ -44,7 +44,7 @@ def save_state(run: TrainingRun, *, fingerprint_hex: str, stage: int, stage_outp
         "iteration": run.iteration,
         "finished": run.finished,
         "net": {name: value.detach().cpu() for name, value in run.net.state_dict().items()},
-        "optimizer": _to_cpu(run.optimizer.state_dict()),
+        "optimizer": eager_optimizer_state(run.optimizer),
         "policy": dataclasses.asdict(run.policy),
         "generator": run.generator.get_state(),
         "pool": run.pool.state_dict(),
@@ -79,6 +79,20 @@ def restore_run(run: TrainingRun, state: dict) -> TrainingRun:
     run.iteration = int(state["iteration"])
     run.finished = bool(state["finished"])
     return run
+
+
+def eager_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state on the CPU, as an eager Adam holds it. A CUDA-graph step's Adam (sr/cuda_step.py) is
+    `capturable`, with its learning rate a device tensor; a resume runs the eager loop, on any device, so the
+    checkpoint keeps a plain float and capturable off (its step counts then load onto the CPU, where eager Adam
+    keeps them)."""
+    state = _to_cpu(optimizer.state_dict())  # new dicts and lists: the live optimizer is left as it is
+    for group in state["param_groups"]:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if group.get("capturable"):
+            group["capturable"] = False
+    return state
 
 
 def _to_cpu(value):

@@ -111,10 +111,14 @@ def train_stage(run: TrainingRun, test: ReconstructionTest, sf: tuple[float, flo
         run.finished = after_step(run, test, config)
         run.iteration += 1
         hooks.on_step(run.iteration, loss.detach(), run.policy.learning_rate)
-        if hooks.on_checkpoint and hooks.checkpoint_every and run.iteration % hooks.checkpoint_every == 0:
-            hooks.on_checkpoint(run)
+        checkpoint_when_due(run, hooks)
     run.finished = True
     return run
+
+
+def checkpoint_when_due(run: TrainingRun, hooks: StageHooks) -> None:
+    if hooks.on_checkpoint and hooks.checkpoint_every and run.iteration % hooks.checkpoint_every == 0:
+        hooks.on_checkpoint(run)
 
 
 def after_step(run: TrainingRun, test: ReconstructionTest, config: ZSSRConfig) -> bool:

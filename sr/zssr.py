@@ -21,13 +21,14 @@ from sr.augment import FatherPool, FatherSource, ensemble_transforms
 from sr.blind import DENOISE_MODES, blind_setup
 from sr.checkpoint import fingerprint, load_state, restore_run, save_state
 from sr.config import PRESETS, ZSSRConfig, config_for, scale_pair, validate
+from sr.cuda_step import train_stage_for, train_stage_graphed
 from sr.errors import Cancelled, InvalidInput
 from sr.images import MIN_SIDE, from_tensor, to_tensor
 from sr.inference import super_resolve
 from sr.model import build_net
 from sr.progress import Progress
 from sr.resize import Degradation, cubic_resize, degradation_for, output_size
-from sr.train import ReconstructionTest, StageHooks, TrainingRun, new_run, train_stage
+from sr.train import ReconstructionTest, StageHooks, TrainingRun, new_run
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ def zssr(lr_image: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *,
                 steps_before=steps_before))) if callbacks.checkpoint else None,
             checkpoint_every=config.checkpoint_every)
         was_finished = run.finished
-        train_stage(run, test, stage_sf, degradation, config, hooks)
+        train = train_stage_for(run, config)
+        train(run, test, stage_sf, degradation, config, hooks)
         if hooks.on_checkpoint and not was_finished and run.iteration % max(1, config.checkpoint_every):
             hooks.on_checkpoint(run)  # the stage's last state, so a run killed in inference resumes here
         throttle.report("training", steps_before + run.iteration, steps_before + run.iteration, None,
@@ -223,7 +225,8 @@ def zssr(lr_image: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *,
         output, stage_info = infer_stage(run, test, lr_image, stage_sf, degradation, config, index, callbacks,
                                          throttle)
         stage_info.update(train_steps=run.iteration, learning_rate=run.policy.learning_rate,
-                          learning_rate_changes=list(run.policy.change_steps[1:]))
+                          learning_rate_changes=list(run.policy.change_steps[1:]),
+                          cuda_graph=train is train_stage_graphed)
         stage_infos.append(stage_info)
         steps_before += run.iteration
         if index < len(stages) - 1:

@@ -1,16 +1,22 @@
-"""The CUDA-graph training step (sr.cuda_step): the core's training, replayed from a captured graph."""
+"""The CUDA-graph training step (sr.cuda_step): the core's training, replayed from a captured graph; what
+sr.upscale trains a fresh stage with on CUDA, and the checkpoint it leaves."""
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+import sr
 from sr.augment import FatherSource
-from sr.cuda_step import WARMUP_STEPS, GraphedTrainingStep, train_stage_graphed
+from sr.checkpoint import eager_optimizer_state
+from sr.cuda_step import WARMUP_STEPS, GraphedTrainingStep, train_stage_for, train_stage_graphed
 from sr.model import ZSSRNet, build_net
 from sr.resize import Degradation
 from sr.train import ReconstructionTest, StageHooks, train_stage
 from sr.zssr import build_run
-from tests.sr.conftest import tiny
+from tests.sr.conftest import as_array, tiny
 
 SF = (2.0, 2.0)
 
@@ -18,6 +24,30 @@ SF = (2.0, 2.0)
 def test_the_graphed_step_refuses_a_cpu_net(tiny_config):
     with pytest.raises(ValueError, match="CUDA"):
         GraphedTrainingStep(ZSSRNet(3, 8, 3), tiny_config, 1e-3, torch.Size((1, 3, 16, 16)))
+
+
+def test_the_cpu_a_resume_and_cuda_graph_off_train_on_the_eager_loop(tiny_config, photo_tensor):
+    run, _ = cuda_run(tiny_config, photo_tensor)  # on the CPU
+    assert train_stage_for(run, tiny_config) is train_stage
+    assert train_stage_for(run, dataclasses.replace(tiny_config, cuda_graph=False)) is train_stage
+
+
+def test_a_checkpoint_holds_adams_state_as_an_eager_adam_on_any_device_loads_it():
+    net = ZSSRNet(3, 8, 3)
+    learning_rate = torch.tensor(1e-3)
+    graphed_adam = torch.optim.Adam(net.parameters(), lr=learning_rate, capturable=True)  # as the graphed step's
+    for parameter in net.parameters():
+        graphed_adam.state[parameter] = {"step": torch.tensor(7.0), "exp_avg": torch.zeros_like(parameter),
+                                         "exp_avg_sq": torch.zeros_like(parameter)}
+    state = eager_optimizer_state(graphed_adam)
+    assert [(type(g["lr"]), g["lr"], g["capturable"]) for g in state["param_groups"]] == [(float, pytest.approx(1e-3),
+                                                                                            False)]
+    assert graphed_adam.param_groups[0]["lr"] is learning_rate and graphed_adam.param_groups[0]["capturable"]
+    eager = torch.optim.Adam(net.parameters(), lr=1e-3)
+    eager.load_state_dict(state)
+    net(torch.rand(1, 3, 16, 16)).sum().backward()
+    eager.step()  # a capturable group would refuse CPU parameters here
+    assert float(eager.state[next(net.parameters())]["step"]) == 8
 
 
 def cuda_run(config, lr_image, seed=0):
@@ -60,3 +90,36 @@ def test_a_learning_rate_set_after_capture_reaches_the_replays(photo_tensor):
     before = [p.detach().clone() for p in net.parameters()]
     step(father, father * 0.9)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def stage_detail(result, key):
+    return result.info["sr"]["stage_details"][0][key]
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_upscale_on_cuda_trains_through_the_graph_as_the_eager_loop_does(photo):
+    config = tiny(max_iters=60, min_iters=10, learning_rate_policy_check_every=10, learning_rate_slope_range=30,
+                  run_test_every=3)
+    graphed = sr.upscale(photo, 2, config=config, seed=0, device="cuda")
+    eager = sr.upscale(photo, 2, config=dataclasses.replace(config, cuda_graph=False), seed=0, device="cuda")
+    assert stage_detail(graphed, "cuda_graph") and not stage_detail(eager, "cuda_graph")
+    assert stage_detail(graphed, "learning_rate_changes") == stage_detail(eager, "learning_rate_changes")
+    assert graphed.info["sr"]["train_steps"] == eager.info["sr"]["train_steps"]
+    assert np.abs(as_array(graphed) - as_array(eager)).max() <= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("device, tolerance", [("cuda", 1), ("cpu", 3)])
+def test_a_graphed_runs_checkpoint_resumes_on_the_eager_loop(photo, device, tolerance):
+    config = tiny(max_iters=30, min_iters=30, checkpoint_every=10, augment_pool_size=4)
+    saved = []
+    uninterrupted = sr.upscale(photo, 2, config=config, seed=5, device="cuda", checkpoint=saved.append)
+    assert stage_detail(uninterrupted, "cuda_graph") and len(saved) == 3
+    resumed = sr.upscale(photo, 2, config=config, seed=5, device=device, resume=saved[0])
+    assert not stage_detail(resumed, "cuda_graph")  # a resumed stage runs the eager loop
+    assert resumed.info["sr"]["train_steps"] == 30
+    assert np.abs(as_array(resumed) - as_array(uninterrupted)).max() <= tolerance  # CPU and GPU round differently
