@@ -2,16 +2,18 @@
 
 On whatever device is there (`--device cuda|cpu`, default cuda when available), on scikit-image's astronaut
 (512x512) at x2:
-- steps/s of the core's own training loop (`sr.train.train_stage`, as `sr.upscale` runs it) for each preset, and
-  of a naive seed-style loop in the same run (batch 1, crops and sons cut on the host, `.item()` every step, no
-  bfloat16, no channels_last), and their ratio;
+- steps/s of the core's eager training loop (`sr.train.train_stage`, as `sr.upscale` runs it on the CPU) for each
+  preset, of a naive seed-style loop in the same run (batch 1, crops and sons cut on the host, `.item()` every
+  step, no bfloat16, no channels_last), and their ratio; on CUDA also of the loop with the step replayed from a
+  CUDA graph (`sr.cuda_step`, as `sr.upscale` trains a fresh stage there);
 - model FLOP utilisation of the training step: convolution FLOPs counted analytically (forward, weight gradient,
   input gradient but for the first layer, plus the reconstruction test amortised over its interval) over the peak
   of the device (`--peak-tflops`, else NVIDIA's dense datasheet figure for an H100/H200; on a CPU only the achieved
   TFLOP/s unless --peak-tflops is given);
 - peak memory: torch.cuda.max_memory_allocated per preset on CUDA; on the CPU the process's peak RSS (a high-water
   mark: it only grows from one line to the next);
-- seconds per job: `sr.upscale` end to end (training + inference), split at the first inference report;
+- seconds per job: `sr.upscale` end to end (training + inference), split at the first inference report; on CUDA
+  with the graphed step (the default) and with `cuda_graph=False`;
 - jobs/hour for `--pack-jobs` (16) jobs of 256x256 crops of six photos: `sr.packed.upscale_many` with K jobs at
   once against `sr.upscale` one at a time, and how far each packed result is from its one-at-a-time result;
 - forward + backward of K nets: one grouped convolution per layer, vmap, and the K nets one after another;
@@ -48,6 +50,7 @@ from sr.packed import StackedNets, upscale_many  # noqa: E402
 from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, cubic_resize, son_size  # noqa: E402
 from sr.train import ReconstructionTest, StageHooks, train_stage  # noqa: E402
+from sr.cuda_step import train_stage_graphed  # noqa: E402
 from sr.zssr import build_run  # noqa: E402
 from sr.augment import FatherSource  # noqa: E402
 
@@ -95,7 +98,12 @@ def main() -> int:
           f"load average {figures['load_average_before']}")
     figures["presets"] = [measure_preset(name, photo, device, args) for name in split(args.presets)]
     print_preset_table(figures["presets"], args)
-    figures["end_to_end"] = [time_end_to_end(name, photo, device, args) for name in split(args.e2e_presets)]
+    if split(args.e2e_presets):
+        figures["first_job_seconds"] = time_first_job(photo, device)
+    # On CUDA each preset twice: as sr.upscale runs it (the training step replayed from a CUDA graph) and eager
+    graph_settings = (True, False) if device.type == "cuda" else (True,)
+    figures["end_to_end"] = [time_end_to_end(name, photo, device, args, graph) for name in split(args.e2e_presets)
+                             for graph in graph_settings]
     print_end_to_end(figures["end_to_end"], args)
     if split(args.pack_k):
         figures["packing"] = time_packing(device, args)
@@ -126,23 +134,39 @@ def measure_preset(name: str, photo: Image.Image, device: torch.device, args: ar
     reset_peak_memory(device)
     rate = core_steps_per_second(photo, config, device, args.warmup)
     memory = peak_memory_mib(device)
+    graphed = graphed_steps_per_second(photo, config, device, args.warmup)
     naive = naive_steps_per_second(photo, config, device, args.warmup, measured)
     flops = training_step_flops(config, crop_of(photo, config), test_pixels(photo, config))
     peak, peak_source = device_peak_tflops(device, config, args.peak_tflops)
     result = {"preset": name, "measured_steps": measured, "crop": config.crop_size, "batch": config.batch_size,
               "steps_per_second": rate.wall, "naive_steps_per_second": naive.wall, "ratio": rate.wall / naive.wall,
               "steps_per_cpu_second": rate.cpu, "naive_steps_per_cpu_second": naive.cpu,
+              "graphed_steps_per_second": graphed.wall if graphed else None,
               "cpu_ratio": rate.cpu / naive.cpu,
               "gflop_per_step": flops / 1e9, "achieved_tflops": flops * rate.wall / 1e12, "peak_tflops": peak,
               "peak_source": peak_source, "mfu": flops * rate.wall / (peak * 1e12) if peak else None,
               "peak_memory_mib": memory, "memory_kind": memory_kind(device)}
-    print(f"  {name}: {rate.wall:.2f} steps/s (naive {naive.wall:.2f}), per CPU-second {rate.cpu:.2f} "
+    graphed_text = f", CUDA graph {graphed.wall:.2f}" if graphed else ""
+    print(f"  {name}: {rate.wall:.2f} steps/s (naive {naive.wall:.2f}{graphed_text}), per CPU-second {rate.cpu:.2f} "
           f"(naive {naive.cpu:.2f}), {flops / 1e9:.2f} GFLOP/step, {memory:.0f} MiB")
     return result
 
 
+def graphed_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: torch.device,
+                             warmup: int) -> Stamp | None:
+    """The same loop with the step replayed from a CUDA graph (sr.cuda_step, not yet what sr.upscale runs);
+    None on a CPU. A failure is printed, not raised: the graphed step had never run on hardware before this."""
+    if device.type != "cuda":
+        return None
+    try:
+        return core_steps_per_second(photo, config, device, warmup, stage=train_stage_graphed)
+    except Exception as error:  # noqa: BLE001 - the other figures of the run must still come out
+        print(f"  CUDA-graph step failed: {type(error).__name__}: {error}")
+        return None
+
+
 def core_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: torch.device, warmup: int,
-                          net_wrapper=None) -> Stamp:
+                          net_wrapper=None, stage=train_stage) -> Stamp:
     """Steps per second (wall, CPU) of sr.train.train_stage over steps warmup+1 .. max_iters (device synced)."""
     lr_image = sr.images.to_tensor(photo)[0].to(device)
     generator = torch.Generator().manual_seed(0)
@@ -158,7 +182,7 @@ def core_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: tor
             synchronize(device)
             marks[step] = Stamp.now()
 
-    train_stage(run, test, SF, Degradation(), config, StageHooks(on_step=on_step))
+    stage(run, test, SF, Degradation(), config, StageHooks(on_step=on_step))
     return per_second(config.max_iters - warmup, marks[config.max_iters].since(marks[warmup]))
 
 
@@ -252,8 +276,9 @@ def job_config(name: str, steps: int) -> sr.ZSSRConfig:
     return dataclasses.replace(preset, max_iters=min(steps, preset.max_iters), self_check=False) if steps else preset
 
 
-def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: argparse.Namespace) -> dict:
-    config = job_config(name, args.steps)
+def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: argparse.Namespace,
+                    cuda_graph: bool = True) -> dict:
+    config = dataclasses.replace(job_config(name, args.steps), cuda_graph=cuda_graph)
     marks: dict[str, Stamp] = {}
 
     def on_progress(progress: sr.Progress) -> None:
@@ -266,13 +291,29 @@ def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: a
     result = sr.upscale(photo, 2, config=config, device=device.type, seed=0, progress=on_progress)
     ended = Stamp.now()
     total, training = ended.since(started), marks.get("inference", ended).since(started)
-    figures = {"preset": name, "max_iters": config.max_iters, "train_steps": result.info["sr"]["train_steps"],
+    graphed = any(stage["cuda_graph"] for stage in result.info["sr"]["stage_details"])
+    figures = {"preset": name, "cuda_graph": graphed, "max_iters": config.max_iters,
+               "train_steps": result.info["sr"]["train_steps"],
                "seconds": total.wall, "train_seconds": training.wall, "inference_seconds": total.wall - training.wall,
                "cpu_seconds": total.cpu, "train_cpu_seconds": training.cpu,
                "output": list(result.size), "fallback": result.info["sr"]["fallback"],
                "self_check": config.self_check, "peak_memory_mib": peak_memory_mib(device)}
-    print(f"  {name} end to end: {total.wall:.2f} s, {total.cpu:.2f} CPU-s ({figures['train_steps']} steps)")
+    print(f"  {name} end to end{' (CUDA graph)' if graphed else ''}: {total.wall:.2f} s, {total.cpu:.2f} CPU-s "
+          f"({figures['train_steps']} steps)")
     return figures
+
+
+def time_first_job(photo: Image.Image, device: torch.device) -> float:
+    """One small untimed-in-the-tables job first: the first CUDA work of a process pays the context, cuDNN and
+    kernel loading (on an H200 the first paper job of a bench/quality.py run took 8.7 s for 3000 steps, the 18
+    after it 1.0-2.5 s for 1200-3000)."""
+    config = dataclasses.replace(sr.PRESETS["fast"], max_iters=20, self_check=False)
+    started = time.perf_counter()
+    sr.upscale(photo.crop((0, 0, 96, 96)), 2, config=config, device=device.type, seed=0)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    print(f"  first job of the process (96x96, 20 steps, untimed in the table below): {seconds:.2f} s")
+    return seconds
 
 
 def pack_images(count: int, side: int) -> list[Image.Image]:
@@ -456,14 +497,15 @@ def split(text: str) -> list[str]:
 def print_preset_table(rows: list[dict], args: argparse.Namespace) -> None:
     if not rows:
         return
-    print("\n| preset | crop x batch | steps timed | steps/s | naive steps/s | ratio | per CPU-s: steps, naive, ratio "
-          "| GFLOP/step | achieved TFLOP/s | MFU | peak | peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| preset | crop x batch | steps timed | steps/s | naive steps/s | ratio | CUDA-graph steps/s "
+          "| per CPU-s: steps, naive, ratio | GFLOP/step | achieved TFLOP/s | MFU | peak | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        graphed = f"{r['graphed_steps_per_second']:.2f}" if r["graphed_steps_per_second"] else "n/a"
         peak = f"{r['peak_tflops']:.3g} TFLOP/s ({r['peak_source']})" if r["peak_tflops"] else r["peak_source"]
         print(f"| {r['preset']} | {r['crop']} x {r['batch']} | {r['measured_steps']} | {r['steps_per_second']:.2f} "
-              f"| {r['naive_steps_per_second']:.2f} | {r['ratio']:.2f}x | {r['steps_per_cpu_second']:.2f}, "
+              f"| {r['naive_steps_per_second']:.2f} | {r['ratio']:.2f}x | {graphed} | {r['steps_per_cpu_second']:.2f}, "
               f"{r['naive_steps_per_cpu_second']:.2f}, {r['cpu_ratio']:.2f}x | {r['gflop_per_step']:.2f} "
               f"| {r['achieved_tflops']:.4f} | {mfu} | {peak} | {r['peak_memory_mib']:.0f} |")
     if rows:
@@ -473,11 +515,12 @@ def print_preset_table(rows: list[dict], args: argparse.Namespace) -> None:
 def print_end_to_end(rows: list[dict], args: argparse.Namespace) -> None:
     if not rows:
         return
-    print("\n| preset | 512x512 -> | training steps (max_iters) | self-check (fallback) | seconds per job | training s "
-          "| inference s | CPU-s (training) | peak memory (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| preset | training step | 512x512 -> | training steps (max_iters) | self-check (fallback) "
+          "| seconds per job | training s | inference s | CPU-s (training) | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['preset']} | {r['output'][0]}x{r['output'][1]} | {r['train_steps']} ({r['max_iters']}) "
+        step = "CUDA graph" if r["cuda_graph"] else "eager"
+        print(f"| {r['preset']} | {step} | {r['output'][0]}x{r['output'][1]} | {r['train_steps']} ({r['max_iters']}) "
               f"| {'on' if r['self_check'] else 'off'} ({r['fallback']}) | {r['seconds']:.2f} | {r['train_seconds']:.2f} | {r['inference_seconds']:.2f} "
               f"| {r['cpu_seconds']:.1f} ({r['train_cpu_seconds']:.1f}) "
               f"| {r['peak_memory_mib']:.0f} |")
