@@ -11,9 +11,13 @@ queued job of the same shape takes the free slot.
 
 Same seed -> same output as `sr.upscale` alone, up to float rounding: the grouped convolution adds in another
 order than K separate ones, so weights differ by float32 rounding after each step (see tests/sr/test_packed.py for
-the tolerance). Checkpoint/resume is not supported for packed jobs (a packed run is short or restarted whole).
+the tolerance). In bfloat16 the rounding is coarser and the trainings drift apart: on an H200, 16 fast-preset jobs
+of 256x256 came out up to 30 levels from their lone runs on ~15% of the pixels. Checkpoint/resume is not supported
+for packed jobs (a packed run is short or restarted whole).
 
-Packing is for GPUs, where one small net leaves most of the device idle. On this project's 2-core CPU it gains
+Packing was built for GPUs, where one small net leaves most of the device idle, but its step runs eagerly, and on
+CUDA `sr.upscale` replays its step from a CUDA graph: on an H200 those 16 jobs took 6.3 s one at a time and 20.9,
+14.2, 9.5 s packed at K = 4, 8, 16 (bench/RESULTS.md). On this project's 2-core CPU it gains
 nothing (bench/gpu_speed.py: 16 jobs at K = 4, 8, 16 took 0.98x, 0.93x, 0.74x the throughput of one at a time);
 there the grouped convolution (the default) ran a K = 4 step of the fast preset's nets in 67 ms against 150 ms for
 vmap, and 51 ms for the four nets one after another.
