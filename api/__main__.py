@@ -1,7 +1,7 @@
 """`python -m api`: the HTTP API. `python -m api --dev`: Redis, one worker and the API on this machine.
 
   python -m api                         # UPSCALER_HOST:UPSCALER_PORT (default 127.0.0.1:8000)
-  python -m api --workers 4             # four API processes behind one port
+  python -m api --workers 4             # four API processes on one port (a socket each, SO_REUSEPORT)
   python -m api --dev                   # the whole stack; an embedded Redis when REDIS_URL is unset
 """
 from __future__ import annotations
@@ -18,9 +18,12 @@ from pathlib import Path
 import uvicorn
 
 from api.main import create_app
-from api.serving import LOOP
+from api.serving import LOOP, serve_processes
 from worker.redis_server import RedisServer, RedisUnavailable
 from worker.settings import SettingsError, UnsafeSettings, load_settings
+
+
+APP = "api.main:app_from_env"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,11 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UnsafeSettings) as exc:
         print(f"api: {exc}", file=sys.stderr)
         return 2
-    # Several processes share one listening socket: there uvloop's one accept per wake-up spreads a burst of
-    # connections across them, where a greedy accept would hand it all to whichever process woke first.
-    loop = LOOP if args.workers == 1 else "auto"
-    uvicorn.run("api.main:app_from_env", factory=True, host=host, port=port, workers=args.workers,
-                log_level=args.log_level, proxy_headers=True, loop=loop)
+    options = {"factory": True, "host": host, "port": port, "log_level": args.log_level, "proxy_headers": True}
+    if args.workers > 1:
+        return serve_processes(APP, workers=args.workers, **options)  # a socket per process (api/serving.py)
+    uvicorn.run(APP, loop=LOOP, **options)
     return 0
 
 

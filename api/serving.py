@@ -6,8 +6,14 @@ load an iteration runs the next step of every ready request, a few milliseconds,
 waited 100-250 ms before its first byte was read, while the first 49 were already polling. Python's own loop
 accepts up to the backlog at each wake-up; this loop does the same and keeps uvloop's faster transports.
 
-uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`. `python -m api --workers N` (N > 1) keeps stock uvloop:
-its processes share one listening socket, and one accept per wake-up spreads a burst across them.
+uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`.
+
+`python -m api --workers N` (N > 1, `serve_processes`): each process binds a listening socket of its own to the
+port with SO_REUSEPORT, once its app has started (warm-up included), and the kernel spreads new connections across
+the sockets. Sharing one socket instead, a burst of connections went mostly to whichever process woke first (with
+greedy accept), or needed stock uvloop's one accept per wake-up to spread. uvicorn's supervisor still runs the
+processes (restarts a dead one, SIGHUP replaces them one by one, SIGTERM stops them all). Where SO_REUSEPORT or
+uvloop is missing, the processes share one socket as uvicorn binds it.
 """
 from __future__ import annotations
 
@@ -16,6 +22,10 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 try:
     import uvloop
@@ -97,6 +107,8 @@ class GreedyAcceptServer:
 class GreedyAcceptLoop(uvloop.Loop if uvloop is not None else asyncio.SelectorEventLoop):
     """uvloop whose plain-TCP servers accept greedily; TLS and other options go to uvloop's own server."""
 
+    reuse_port = False  # SO_REUSEPORT on the sockets it binds (serve_processes' loop)
+
     async def create_server(self, protocol_factory, host=None, port=None, *, sock=None, backlog=100, ssl=None,
                             **options):
         if ssl is not None or options:
@@ -114,6 +126,8 @@ class GreedyAcceptLoop(uvloop.Loop if uvloop is not None else asyncio.SelectorEv
                 sock = socket.socket(family, kind, proto)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 address has its own
                 try:
@@ -128,5 +142,38 @@ class GreedyAcceptLoop(uvloop.Loop if uvloop is not None else asyncio.SelectorEv
         return sockets
 
 
+class ReusePortLoop(GreedyAcceptLoop):
+    """The loop of each `serve_processes` process: its sockets join the port's SO_REUSEPORT group."""
+
+    reuse_port = True
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     return GreedyAcceptLoop()
+
+
+def new_reuse_port_event_loop() -> asyncio.AbstractEventLoop:
+    return ReusePortLoop()
+
+
+REUSE_PORT_LOOP = "api.serving:new_reuse_port_event_loop"
+CAN_REUSE_PORT = uvloop is not None and hasattr(socket, "SO_REUSEPORT")
+
+
+def serve_processes(app: str, *, workers: int, **options) -> int:
+    """Run `app` (an import string) in `workers` processes under uvicorn's supervisor, each listening on a socket
+    of its own (SO_REUSEPORT, bound after its app has started); one shared socket where that is not available.
+    Returns the exit status: uvicorn's start-up failure code when a process could not start (a port in use)."""
+    if not CAN_REUSE_PORT:
+        uvicorn.run(app, workers=workers, loop="auto", **options)  # exits with that code itself
+        return 0
+    config = uvicorn.Config(app, workers=workers, loop=REUSE_PORT_LOOP, **options)
+    supervisor = Multiprocess(config, sockets=None)
+    try:
+        # No sockets: each process's server binds host:port itself, after its lifespan start-up (uvicorn's
+        # standard case), so connections only reach processes that are ready. A process that cannot bind exits
+        # with the start-up failure code, and the supervisor then stops the others.
+        supervisor.run()
+    except KeyboardInterrupt:
+        pass
+    return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0

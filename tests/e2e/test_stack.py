@@ -113,15 +113,20 @@ def test_the_dev_stack_starts_serves_a_job_and_stops_everything():
         children = _descendants(process.pid)
         assert len(children) >= 3  # redis-server, the worker supervisor and its two workers
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output = process.communicate(timeout=60)[0].decode()
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise
+        output = _stop(process, signal.SIGINT)
     assert process.returncode == 0, output[-2000:]
     assert "http://127.0.0.1:%d" % port in output
     assert not [pid for pid in children if _alive(pid)], "the dev stack left processes behind"
+
+
+def _stop(process: subprocess.Popen, signum: int) -> str:
+    """Send `signum`, wait up to a minute for the exit, return the output; kill the whole group if it hangs."""
+    process.send_signal(signum)
+    try:
+        return process.communicate(timeout=60)[0].decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
 
 
 def _descendants(pid: int) -> list[int]:
@@ -143,3 +148,70 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.slow
+def test_api_processes_listen_on_a_socket_each_and_one_that_dies_is_replaced(redis_server):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+    env.update(PYTHONPATH=str(ROOT), REDIS_URL=redis_server.url)
+    process = subprocess.Popen([sys.executable, "-m", "api", "--workers", "2", "--port", str(port),
+                                "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        first = _wait_for_listeners(process, port, 2)
+        assert process.pid not in first  # the supervisor holds no socket: each process binds its own once started
+        assert all(httpx.get(f"{base}/healthz", timeout=5).status_code == 200 for _ in range(8))
+        os.kill(min(first), signal.SIGKILL)
+        second = _wait_for_listeners(process, port, 2, gone=min(first))
+        assert max(first) in second  # the other one served on meanwhile
+        assert all(httpx.get(f"{base}/healthz", timeout=5).status_code == 200 for _ in range(8))
+    finally:
+        output = _stop(process, signal.SIGTERM)
+    assert process.returncode == 0, output[-2000:]
+    assert not _listening_pids(port), "a process still listens after SIGTERM"
+
+
+def test_api_processes_that_cannot_bind_their_port_stop_with_an_error(redis_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+        env.update(PYTHONPATH=str(ROOT), REDIS_URL=redis_server.url)
+        result = subprocess.run([sys.executable, "-m", "api", "--workers", "2", "--port", str(port), "--log-level",
+                                 "warning"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]  # uvicorn's start-up failure code
+    assert "address already in use" in result.stderr
+
+
+def _wait_for_listeners(process: subprocess.Popen, port: int, count: int, gone: int | None = None,
+                        timeout: float = 60) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        pids = _listening_pids(port)
+        if len(pids) == count and gone not in pids:
+            return pids
+        assert time.monotonic() < deadline, f"listening on {port}: {pids}, expected {count} (not {gone})"
+        time.sleep(0.2)
+
+
+def _listening_pids(port: int) -> set[int]:
+    """The processes holding a TCP socket that listens on `port` (from /proc: Linux, as CI)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for folder in Path("/proc").iterdir():
+        if not folder.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (folder / "fd").iterdir()):
+                pids.add(int(folder.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
