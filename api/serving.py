@@ -12,8 +12,10 @@ uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`.
 port with SO_REUSEPORT, once its app has started (warm-up included), and the kernel spreads new connections across
 the sockets. Sharing one socket instead, a burst of connections went mostly to whichever process woke first (with
 greedy accept), or needed stock uvloop's one accept per wake-up to spread. uvicorn's supervisor still runs the
-processes (restarts a dead one, SIGHUP replaces them one by one, SIGTERM stops them all). Where SO_REUSEPORT or
-uvloop is missing, the processes share one socket as uvicorn binds it.
+processes (restarts a dead one, SIGHUP replaces them one by one, SIGTERM stops them all). The price: a process
+that dies resets the connections still waiting in its own backlog (on a shared socket another process took them);
+their clients never got an answer, so nothing they sent was accepted. Where SO_REUSEPORT or uvloop is missing, the
+processes share one socket as uvicorn binds it.
 """
 from __future__ import annotations
 
