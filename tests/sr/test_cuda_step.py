@@ -26,7 +26,7 @@ def test_the_graphed_step_refuses_a_cpu_net(tiny_config):
         GraphedTrainingStep(ZSSRNet(3, 8, 3), tiny_config, 1e-3, torch.Size((1, 3, 16, 16)))
 
 
-def test_the_cpu_a_resume_and_cuda_graph_off_train_on_the_eager_loop(tiny_config, photo_tensor):
+def test_on_the_cpu_or_with_cuda_graph_off_a_stage_trains_on_the_eager_loop(tiny_config, photo_tensor):
     run, _ = cuda_run(tiny_config, photo_tensor)  # on the CPU
     assert train_stage_for(run, tiny_config) is train_stage
     assert train_stage_for(run, dataclasses.replace(tiny_config, cuda_graph=False)) is train_stage
