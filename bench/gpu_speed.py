@@ -154,8 +154,8 @@ def measure_preset(name: str, photo: Image.Image, device: torch.device, args: ar
 
 def graphed_steps_per_second(photo: Image.Image, config: sr.ZSSRConfig, device: torch.device,
                              warmup: int) -> Stamp | None:
-    """The same loop with the step replayed from a CUDA graph (sr.cuda_step, not yet what sr.upscale runs);
-    None on a CPU. A failure is printed, not raised: the graphed step had never run on hardware before this."""
+    """The same loop with the step replayed from a CUDA graph (sr.cuda_step, what sr.upscale trains a fresh stage
+    with on CUDA); None on a CPU. A failure is printed, not raised, so the run's other figures still come out."""
     if device.type != "cuda":
         return None
     try:
