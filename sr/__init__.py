@@ -9,7 +9,8 @@ from sr.config import BALANCED, FAST, PAPER, PRESETS, ZSSRConfig, config_for
 from sr.errors import Cancelled, InvalidInput
 from sr.metrics import psnr, ssim
 from sr.progress import Progress
+from sr.warmup import warm_up
 from sr.zssr import upscale
 
-__all__ = ["upscale", "ZSSRConfig", "config_for", "PRESETS", "PAPER", "BALANCED", "FAST", "Progress", "Cancelled",
+__all__ = ["upscale", "warm_up", "ZSSRConfig", "config_for", "PRESETS", "PAPER", "BALANCED", "FAST", "Progress", "Cancelled",
            "InvalidInput", "psnr", "ssim"]
