@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from worker.settings import EXIT_STUCK_RUN, QUEUES, Settings, SettingsError, UnsafeSettings, load_settings
+from worker.settings import EXIT_DEVICE_FAILED, EXIT_STUCK_RUN, QUEUES, Settings, SettingsError, UnsafeSettings, load_settings
 from worker.store import JobStore
 
 HEALTHY_WITHIN_SECONDS = 20
@@ -146,6 +146,25 @@ def one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+def warm_up(settings: Settings) -> bool:
+    """A gpu-queue worker on CUDA runs one tiny job per preset before it takes any (worker/runs.py
+    `warm_up_device`), so the process's CUDA start-up is not a user's wait. False if the device cannot run one:
+    the worker then exits rather than fail every job it would take, and the queued jobs wait for a sound one."""
+    from worker.runs import warm_up_device  # noqa: PLC0415 - loads sr and torch: the gpu-queue process only
+
+    try:
+        seconds = warm_up_device(settings)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]  # CUDA's errors go on with lines of debugging advice
+        print(f"worker: the device cannot run a ZSSR job, so this worker takes none: {type(exc).__name__}: {reason}",
+              file=sys.stderr)
+        return False
+    if seconds is not None:
+        logging.getLogger(__name__).info("warmed up the device in %.1f s (%s)", sum(seconds.values()),
+                                         ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -166,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus[0]
     if queue == "light":
         one_torch_thread()
+    elif not warm_up(settings):
+        return EXIT_DEVICE_FAILED
     # Imported only now: building the Celery app reads the settings, which were just checked with a clean error.
     from worker.celery_app import app  # noqa: PLC0415
     app.worker_main(celery_argv(queue, concurrency=args.concurrency or settings.light_concurrency,

@@ -252,6 +252,20 @@ def upscale_job(image: Any, params: dict[str, Any], settings: Settings, control:
             resume = None  # a checkpoint belongs to its config, and the tile memory is part of it
 
 
+def warm_up_device(settings: Settings) -> dict[str, float] | None:
+    """On a CUDA device, one tiny job per preset (its UPSCALER_ZSSR_OVERRIDES applied) before the first real job,
+    so no user's job pays the process's CUDA start-up (sr/warmup.py); seconds per preset. None on the CPU, where a
+    process's first job costs under a second more than later ones (0.7-0.8 s in the paper preset's warm-up job
+    on the 2-core VM) against the minutes it trains: not worth delaying a CPU worker's start for."""
+    import torch  # noqa: PLC0415 - loaded by sr already; named here to read the device
+
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return None
+    configs = {preset: zssr_config(settings, preset) or sr.config_for(preset) for preset in sr.PRESETS}
+    return sr.warm_up(str(device), configs)
+
+
 def smaller_tiles(config: Any, settings: Settings, preset: str) -> Any:
     """The same config with half the inference tile memory; None when it is at sr's minimum already."""
     if config.inference_memory_mb <= MIN_INFERENCE_MEMORY_MB:
