@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from tests.sr.conftest import as_array, tiny
 def test_every_mode_comes_back_at_the_output_size(photo, tiny_config, mode):
     image = photo.convert(mode) if mode != "I;16" else Image.fromarray(
         (as_array(photo.convert("L")) * 257).astype(np.uint16))
-    result = sr.upscale(image, 2, config=tiny_config, seed=0)
+    result = sr.upscale(image, 2, config=tiny_config, seed=0, device="cpu")  # the default is CUDA where there is one
     assert result.size == (80, 64)
     assert result.mode == {"P": "RGB"}.get(mode, mode)
     assert result.info["sr"]["train_steps"] == 20 and result.info["sr"]["device"] == "cpu"
@@ -120,13 +121,24 @@ def test_the_self_check_blend_weight():
     cubic = target + 0.1
     assert self_check_blend(target + 0.01, cubic, target) == 1.0  # better than cubic: the net as it is
     assert self_check_blend(cubic + 0.5, cubic, target) == 0.0  # only worse: plain cubic
-    halfway = self_check_blend(target - 0.1, cubic, target)  # the mean of the two is exact
-    assert 0.45 < halfway < 0.55
+    # worse than cubic, but a quarter net and three quarters cubic is exact: (t + 0.1) + w * (-0.4) = t at w = 0.25
+    # (an earlier version put the two equally far off, and rounding made the net "better" in some draws)
+    assert self_check_blend(target - 0.3, cubic, target) == pytest.approx(0.25, abs=1e-5)
 
 
+def overcommits_always() -> bool:
+    """vm.overcommit_memory 1: the kernel grants any allocation, and a net too wide for memory ends in the OOM
+    killer as its pages are touched, not in an error (on the lent GPU host this test did not end within 60 s)."""
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(overcommits_always(), reason="the kernel overcommits memory: no allocation error to see")
 def test_a_net_too_wide_to_allocate_raises_torchs_own_error(photo):
-    with pytest.raises(RuntimeError, match="can't allocate memory"):
-        sr.upscale(photo, 2, config=tiny(width=200_000, depth=4), seed=0)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):  # the CPU allocator's words
+        sr.upscale(photo, 2, config=tiny(width=200_000, depth=4), seed=0, device="cpu")
 
 
 def test_the_same_seed_gives_the_same_image(photo, tiny_config):
