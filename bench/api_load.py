@@ -218,14 +218,11 @@ def main() -> int:
     parser.add_argument("--worker-nice", type=int, help="UPSCALER_WORKER_NICE for the worker (default: its default)")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="api-load-"))
-    redis_server = RedisServer(workdir / "redis").start()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+    workdir, redis_server, port, env = private_stack("api-load-")
     # Per-key limits stay on (their check is part of every request's cost) but set so that they never refuse
     # here: this measures throughput and latency, not 429s.
-    env.update(REDIS_URL=redis_server.url, PYTHONPATH=str(ROOT), UPSCALER_LOG_LEVEL="WARNING",
-               UPSCALER_RATE_LIMIT_PER_SECOND="1000000", UPSCALER_MAX_ACTIVE_JOBS_PER_KEY="0")
+    env.update(UPSCALER_LOG_LEVEL="WARNING", UPSCALER_RATE_LIMIT_PER_SECOND="1000000",
+               UPSCALER_MAX_ACTIVE_JOBS_PER_KEY="0")
     if args.worker_nice is not None:
         env["UPSCALER_WORKER_NICE"] = str(args.worker_nice)
     logs = open(workdir / "services.log", "wb")
@@ -292,15 +289,32 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0 if lost == 0 and not load.wrong else 1
     finally:
-        for process in (api, worker):
-            process.terminate()
-        for process in (api, worker):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        redis_server.stop()
+        stop_services([api, worker], redis_server)
         logs.close()
+
+
+def private_stack(prefix: str) -> tuple[Path, RedisServer, int, dict[str, str]]:
+    """A new work folder, a private Redis started in it, a free port for the API, and the services' environment:
+    that Redis, this checkout importable (ahead of any PYTHONPATH already set), no UPSCALER_* from the shell."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    redis_server = RedisServer(workdir / "redis").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+    env.update(REDIS_URL=redis_server.url,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return workdir, redis_server, free_port(), env
+
+
+def stop_services(processes: list[subprocess.Popen], redis_server: RedisServer, timeout: float = 30) -> None:
+    """SIGTERM to each process (a worker hands back a running job), a kill for any still up after `timeout`
+    seconds, then Redis."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    redis_server.stop()
 
 
 if __name__ == "__main__":

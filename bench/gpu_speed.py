@@ -14,6 +14,8 @@ On whatever device is there (`--device cuda|cpu`, default cuda when available), 
   mark: it only grows from one line to the next);
 - seconds per job: `sr.upscale` end to end (training + inference), split at the first inference report; on CUDA
   with the graphed step (the default) and with `cuda_graph=False`;
+- the first two jobs of a fresh process (`--first-job-presets`), cold and after `sr.warm_up` (what a gpu-queue
+  worker runs before it takes a job); the seconds-per-job table comes after `sr.warm_up` in this process;
 - jobs/hour for `--pack-jobs` (16) jobs of 256x256 crops of six photos: `sr.packed.upscale_many` with K jobs at
   once against `sr.upscale` one at a time, and how far each packed result is from its one-at-a-time result;
 - forward + backward of K nets: one grouped convolution per layer, vmap, and the K nets one after another;
@@ -32,6 +34,7 @@ import dataclasses
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +75,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="measured training steps (0 = the preset's max_iters)")
     parser.add_argument("--warmup", type=int, default=5, help="training steps before the clock starts")
     parser.add_argument("--e2e-presets", default=",".join(PRESET_NAMES), help="presets timed end to end ('' = none)")
+    parser.add_argument("--first-job-presets", default="paper,fast",
+                        help="presets whose first job of a fresh process is timed, cold and after sr.warm_up ('' = none)")
+    parser.add_argument("--first-job-child", default="", help=argparse.SUPPRESS)  # a fresh process's part of it
+    parser.add_argument("--child-warm-up", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pack-jobs", type=int, default=16)
     parser.add_argument("--pack-side", type=int, default=256)
     parser.add_argument("--pack-k", default="4,8,16", help="pack sizes to time ('' = no packing figures)")
@@ -92,14 +99,21 @@ def main() -> int:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     photo = Image.fromarray(data.astronaut())  # 512x512 RGB
+    if args.first_job_child:
+        print(json.dumps(first_jobs_of_this_process(args.first_job_child, photo, device, args)))
+        return 0
     figures: dict = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "load_average_before": load_average(), "argv": sys.argv[1:]}
     print(f"device: {figures['device']}, torch {torch.__version__}, {figures['threads']} threads, "
           f"load average {figures['load_average_before']}")
     figures["presets"] = [measure_preset(name, photo, device, args) for name in split(args.presets)]
     print_preset_table(figures["presets"], args)
+    figures["first_jobs"] = [time_first_jobs(name, warm, args) for name in split(args.first_job_presets)
+                             for warm in (False, True)]
+    print_first_jobs(figures["first_jobs"])
     if split(args.e2e_presets):
-        figures["first_job_seconds"] = time_first_job(photo, device)
+        # as a worker does before its first job: the tables below time jobs, not the process's CUDA start-up
+        figures["warm_up_seconds"] = sr.warm_up(device.type)
     # On CUDA each preset twice: as sr.upscale runs it (the training step replayed from a CUDA graph) and eager
     graph_settings = (True, False) if device.type == "cuda" else (True,)
     figures["end_to_end"] = [time_end_to_end(name, photo, device, args, graph) for name in split(args.e2e_presets)
@@ -303,17 +317,42 @@ def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: a
     return figures
 
 
-def time_first_job(photo: Image.Image, device: torch.device) -> float:
-    """One small untimed-in-the-tables job first: the first CUDA work of a process pays the context, cuDNN and
-    kernel loading (on an H200 the first paper job of a bench/quality.py run took 8.7 s for 3000 steps, the 18
-    after it 1.0-2.5 s for 1200-3000)."""
-    config = dataclasses.replace(sr.PRESETS["fast"], max_iters=20, self_check=False)
-    started = time.perf_counter()
-    sr.upscale(photo.crop((0, 0, 96, 96)), 2, config=config, device=device.type, seed=0)
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    print(f"  first job of the process (96x96, 20 steps, untimed in the table below): {seconds:.2f} s")
-    return seconds
+def time_first_jobs(name: str, warm: bool, args: argparse.Namespace) -> dict:
+    """The first two jobs of a fresh process (this script again, with --first-job-child), with or without
+    sr.warm_up before them, as a gpu-queue worker runs it before it takes a job."""
+    command = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
+               "--first-job-child", name, *(["--child-warm-up"] if warm else []),
+               *(["--threads", str(args.threads)] if args.threads else [])]
+    child = subprocess.run(command, capture_output=True, text=True, check=True)
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"  {name}, a fresh process{' after sr.warm_up' if warm else ''}: first job {figures['first_seconds']:.2f} s, "
+          f"second {figures['second_seconds']:.2f} s")
+    return figures
+
+
+def first_jobs_of_this_process(name: str, photo: Image.Image, device: torch.device, args: argparse.Namespace) -> dict:
+    warm_up_seconds = sum(sr.warm_up(device.type).values()) if args.child_warm_up else None
+    config = job_config(name, args.steps)
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        result = sr.upscale(photo, 2, config=config, device=device.type, seed=0)
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return {"preset": name, "warm_up": args.child_warm_up, "warm_up_seconds": warm_up_seconds,
+            "first_seconds": seconds[0], "second_seconds": seconds[1],
+            "train_steps": result.info["sr"]["train_steps"]}
+
+
+def print_first_jobs(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("\n| preset | fresh process | sr.warm_up (s) | first job (s) | second job (s) | training steps |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        warm_up = f"{r['warm_up_seconds']:.2f}" if r["warm_up"] else "-"
+        print(f"| {r['preset']} | {'warmed up' if r['warm_up'] else 'cold'} | {warm_up} | {r['first_seconds']:.2f} "
+              f"| {r['second_seconds']:.2f} | {r['train_steps']} |")
 
 
 def pack_images(count: int, side: int) -> list[Image.Image]:
