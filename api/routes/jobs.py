@@ -14,10 +14,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from api.deps import Caller, CurrentKey, JobDep, StoreDep, SubmittingKey, refuse_if_limited
 from api.errors import ApiError
+from api.multipart import FileTooLarge, MultipartError, read_form
 from api.schemas import Crop, ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
 from worker.celery_app import run_job_message
 from worker.images import (MIN_SIDE, OUTPUT_FORMATS, ImageInfo, ImageRejected, check_pixels, open_image,
@@ -66,13 +66,12 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
     content_type = request.headers.get("content-type", "").lower()
     try:
         if content_type.startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:  # closes spools
-                upload = form.get("image")
-                if not isinstance(upload, UploadFile):
-                    raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
-                image = await upload.read(settings.max_upload_bytes + 1)
-                fields = {key: value for key, value in form.multi_items() if key != "image"}
-            params = JobCreate.model_validate(fields)
+            form = await read_form(request, max_files=1, max_fields=16, max_field_bytes=64 * 1024,
+                                   max_file_bytes=settings.max_upload_bytes)
+            image = form.get("image")
+            if not isinstance(image, bytes):
+                raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
+            params = JobCreate.model_validate({key: value for key, value in form.parts if key != "image"})
         elif content_type.startswith("application/json"):
             try:
                 document = json.loads(await request.body())
@@ -88,9 +87,17 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
                            "send multipart/form-data (file field 'image') or application/json (image_base64)")
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
+    except MultipartError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    except FileTooLarge:
+        raise image_too_large(settings) from None
     if len(image) > settings.max_upload_bytes:
-        raise ApiError(413, "payload_too_large", f"the image exceeds {settings.max_upload_bytes} bytes")
+        raise image_too_large(settings)
     return params, image
+
+
+def image_too_large(settings: Settings) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the image exceeds {settings.max_upload_bytes} bytes")
 
 
 def _decode_base64(text: str) -> bytes:
