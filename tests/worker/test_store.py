@@ -29,6 +29,17 @@ def status_of(store, job_id: str) -> str | None:
     return fields and fields["status"]
 
 
+def test_the_record_is_stored_as_given_whatever_its_characters(store):
+    # the create script takes the record as one JSON argument and writes it field by field
+    job_id = new_job_id()
+    fields = new_job_fields(job_id, "owner é 中文 🙂", params={"note": 'quotes " \\ \n and \u00e9 \U0001f642', "seed": None},
+                            input_info={}, output_info={}, queue="light", webhook_url="https://example.com/é?a=1&b=2",
+                            ttl=600, now=time.time())
+    fields["empty"] = ""
+    store.create(fields, b"img")
+    assert store.fields(job_id) == fields
+
+
 def test_a_job_runs_once_and_its_result_is_written_once(store):
     job_id = make_job(store)
     assert store.begin_run(job_id, "t1", worker="w1", lease_seconds=30) == BeginResult("started", "queued", True)
