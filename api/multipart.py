@@ -13,6 +13,7 @@ submission: ~77 us of CPU through Starlette, ~54 through python-multipart with t
 from __future__ import annotations
 
 import codecs
+import functools
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -76,7 +77,7 @@ class _Reader:
         self.header_name = self.header_value = b""
 
     def on_headers_finished(self) -> None:
-        _, options = parse_options_header(self.disposition)
+        _, options = options_of(self.disposition)
         if b"name" not in options:
             raise MultipartError('The Content-Disposition header field "name" must be provided.')
         self.name = decode(options[b"name"], self.charset)
@@ -103,6 +104,21 @@ class _Reader:
         self.form.parts.append((self.name, bytes(self.data) if self.is_file else decode(self.data, self.charset)))
 
 
+CACHED_HEADER_BYTES = 256
+
+
+def options_of(header: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """parse_options_header; a short header's answer is remembered, since a client sends the same few (the
+    form's Content-Type, each field's Content-Disposition) with every submission: 4 parses were ~15 us of one.
+    The answer is shared: read it, never change it."""
+    return _cached_options(header) if len(header) <= CACHED_HEADER_BYTES else parse_options_header(header)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_options(header: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    return parse_options_header(header)
+
+
 def decode(raw: bytes | bytearray, charset: str) -> str:
     try:
         return raw.decode(charset)
@@ -117,7 +133,7 @@ async def read_form(request: Request, *, max_files: int, max_fields: int, max_fi
 
     A body of at most `small_body_bytes` (by its Content-Length) is read whole and, when it has the plain shape
     that clients send, split at its boundaries (`plain_parts`); anything else goes through python-multipart."""
-    _, params = parse_options_header(request.headers.get("content-type", ""))
+    _, params = options_of(request.headers.get("content-type", "").encode("latin-1"))
     if b"boundary" not in params:
         raise MultipartError("Missing boundary in multipart.")
     boundary = params[b"boundary"]
