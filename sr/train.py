@@ -60,7 +60,8 @@ class ReconstructionTest:
     def rebuild(self, net: ZSSRNet) -> torch.Tensor:
         # In tiles, as inference: the whole of a large image in one pass would not fit the memory budget.
         height, width = self.son_up.shape[-2:]
-        tiles = plan_tiles(height, width, tile_side(self.config, self.son_up.shape[1]), net.receptive_radius)
+        tiles = plan_tiles(height, width, tile_side(self.config, self.son_up.shape[1]), net.receptive_radius,
+                           net.tile_multiple)
         return run_net_tiled(net, self.son_up, 0, tiles, self.config)
 
     def error(self, net: ZSSRNet) -> float:

@@ -8,8 +8,9 @@ import torch
 import sr
 from sr.config import ZSSRConfig
 from sr.inference import plan_tiles, run_net_tiled, super_resolve, tile_side
-from sr.model import ZSSRNet
+from sr.model import PostUpsamplingNet, ZSSRNet
 from sr.resize import Degradation
+from sr.train import ReconstructionTest
 
 
 def test_tiles_cover_the_image_exactly_once_with_margins_inside_it():
@@ -52,6 +53,20 @@ class FailingNet(ZSSRNet):
         if self.calls == self.fail_at:
             raise RuntimeError("boom in a tile")
         return super().forward(image)
+
+
+def test_the_reconstruction_test_rebuilds_tiled_as_untiled_with_a_post_upsampling_net():
+    # arch="post" nets work on a pixel-unshuffle grid: tile corners off it change the rebuild
+    torch.manual_seed(0)
+    net = PostUpsamplingNet(3, factor=2, width=8, depth=3, init_variance=1.0).eval()
+    config = ZSSRConfig(width=8, depth=3, inference_memory_mb=16, test_crop=0, noise_std=0.0)
+    test = ReconstructionTest(torch.rand(1, 3, 45, 38), (2.0, 2.0), Degradation(), config, torch.Generator())
+    untiled = test.rebuild(net)
+    test.config = dataclasses.replace(config, width=750)  # tiles of a 21-pixel core: odd, off the 2x2 grid
+    assert len(plan_tiles(45, 38, tile_side(test.config, 3), net.receptive_radius, net.tile_multiple)) > 4
+    with torch.no_grad():
+        assert torch.allclose(test.rebuild(net), untiled, atol=1e-5)
+        assert torch.allclose(untiled, net(test.son_up), atol=1e-5)
 
 
 def test_an_error_inside_a_tile_fails_the_call():
