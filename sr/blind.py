@@ -56,6 +56,10 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
     if denoise not in DENOISE_MODES:
         raise InvalidInput(f"unknown denoise {denoise!r}; expected 'off' or 'auto'")
     info: dict[str, Any] = {}
+    if denoise == "auto":  # first: the kernel fit below allows for the input's noise (its noise_floor)
+        noise_std = estimate_noise_std(color)
+        config = dataclasses.replace(config, noise_std=round(noise_std, 5))
+        log.info("denoise=auto: noise_std %.4f estimated from the image", noise_std)
     started = time.monotonic()
     if isinstance(kernel, str) and kernel == "estimate":
         array = estimate_for_scale(color, sf, config, seed=seed, device=device, progress=progress,
@@ -82,10 +86,6 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
         # what the JPEG-aware net learnt (bench/blind.py: about +0.3 dB and no grid without it, blocking with it).
         config = dataclasses.replace(config, back_projection_iters=(0,))
 
-    if denoise == "auto":
-        noise_std = estimate_noise_std(color)
-        config = dataclasses.replace(config, noise_std=round(noise_std, 5))
-        log.info("denoise=auto: noise_std %.4f estimated from the image", noise_std)
     info["noise_std"] = config.noise_std
     return BlindSetup(degradation, config, info)
 

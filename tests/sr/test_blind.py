@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import sr
+import sr.blind
 from sr import degradations
 from sr.cli import main as cli_main
 from sr.inference import plan_tiles, run_net_tiled
@@ -106,6 +107,18 @@ def test_denoise_auto_sets_noise_std_from_the_image():
     assert off.info["sr"]["noise_std"] == 0.0
     with pytest.raises(sr.InvalidInput, match="denoise"):
         sr.upscale(Image.fromarray(noisy), 2, denoise="always")
+
+
+def test_with_denoise_auto_the_kernel_fit_allows_for_the_estimated_noise(monkeypatch):
+    floors = []
+    fit = sr.blind.fit_kernel
+    monkeypatch.setattr(sr.blind, "fit_kernel", lambda *args, **kwargs: floors.append(kwargs["noise_floor"])
+                        or fit(*args, **kwargs))
+    rng = np.random.default_rng(1)
+    noisy = np.clip(textured(64) + rng.normal(0, 0.04 * 255, (64, 64, 3)), 0, 255).round().astype(np.uint8)
+    result = sr.upscale(Image.fromarray(noisy), 2, config=sr.config_for("fast", TINY), kernel="estimate",
+                        denoise="auto", seed=0, device="cpu")
+    assert result.info["sr"]["noise_std"] > 0.02 and floors == [result.info["sr"]["noise_std"]]
 
 
 def test_kernel_sons_follow_the_degradations_convention():
