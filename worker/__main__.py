@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 
-from worker.settings import EXIT_DEVICE_FAILED, EXIT_STUCK_RUN, QUEUES, Settings, SettingsError, UnsafeSettings, load_settings
+from worker.settings import (EXIT_DEVICE_FAILED, EXIT_STUCK_RUN, QUEUES, Settings, SettingsError, UnsafeSettings,
+                             load_settings)
 from worker.store import JobStore
 
 HEALTHY_WITHIN_SECONDS = 20
@@ -148,15 +149,17 @@ def one_torch_thread() -> None:
 
 def warm_up(settings: Settings) -> bool:
     """A gpu-queue worker on CUDA runs one tiny job per preset before it takes any (worker/runs.py
-    `warm_up_device`), so the process's CUDA start-up is not a user's wait. False if the device cannot run one:
-    the worker then exits rather than fail every job it would take, and the queued jobs wait for a sound one."""
+    `warm_up_device`), so the process's CUDA start-up is not a user's wait. False if it cannot run one (the device,
+    or the overrides): the worker then exits rather than fail every job it would take, and the queued jobs wait
+    for a sound worker."""
     from worker.runs import warm_up_device  # noqa: PLC0415 - loads sr and torch: the gpu-queue process only
 
     try:
         seconds = warm_up_device(settings)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0]  # CUDA's errors go on with lines of debugging advice
-        print(f"worker: the device cannot run a ZSSR job, so this worker takes none: {type(exc).__name__}: {reason}",
+        # the device, or the UPSCALER_ZSSR_OVERRIDES the jobs would run with (not checked before): the reason says
+        print(f"worker: a warm-up ZSSR job failed, so this worker takes none: {type(exc).__name__}: {reason}",
               file=sys.stderr)
         return False
     if seconds is not None:

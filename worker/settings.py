@@ -25,7 +25,7 @@ KERNEL_ESTIMATION_SCALES = (2.0, 4.0)
 KERNEL_ESTIMATION_MIN_SIDE = 40
 # The exit status of a worker whose watchdog ended a stuck run (worker/runs.py): `python -m worker` restarts it.
 EXIT_STUCK_RUN = 75
-EXIT_DEVICE_FAILED = 3  # a gpu-queue worker whose device could not run its warm-up job
+EXIT_DEVICE_FAILED = 3  # a gpu-queue worker whose warm-up job failed (its device, or the overrides)
 
 
 class UnsafeSettings(ValueError):

@@ -40,5 +40,5 @@ def test_a_gpu_worker_whose_device_cannot_run_a_job_exits_with_one_line_and_regi
     _, stderr = worker.communicate(timeout=120)
     assert worker.returncode == EXIT_DEVICE_FAILED
     # one line, also where CUDA's own error runs on for several (with CUDA: "invalid device ordinal", then advice)
-    assert stderr.startswith("worker: the device cannot run a ZSSR job") and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("worker: a warm-up ZSSR job failed") and len(stderr.splitlines()) == 1, stderr
     assert not any(name.startswith(f"gpu-{worker.pid}@") for name, _ in store.live_workers(60))
