@@ -25,7 +25,7 @@ being timed always runs) so a CPU run stays short: a capped job is not the prese
 
   python bench/gpu_speed.py                                      # on an H100: every figure, uncapped
   nice -n 10 python bench/gpu_speed.py --device cpu --threads 1 --steps 20 --warmup 3 --e2e-presets fast,balanced \\
-      --pack-side 96 --pack-steps 20 --compile-presets fast       # the CPU run of bench/RESULTS.md
+      --pack-side 96 --pack-steps 20 --compile-presets fast --first-job-presets ''  # the CPU run of bench/RESULTS.md
 """
 from __future__ import annotations
 
