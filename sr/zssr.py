@@ -48,21 +48,23 @@ class Callbacks:
 
 
 class ProgressThrottle:
-    """Forwards at most one progress report per interval; the loss (a device tensor) is read only when sent."""
+    """Forwards at most one progress report per interval, and the first of each phase at once (a poll sees
+    inference begin, not a quarter of a second later); the loss (a device tensor) is read only when sent."""
 
     def __init__(self, progress: Callable[[Progress], None] | None, interval: float = PROGRESS_INTERVAL_SECONDS):
         self.progress = progress
         self.interval = interval
         self._last_sent = -math.inf
+        self._last_phase = ""
 
     def report(self, phase: str, step: int, total_steps: int, loss: torch.Tensor | float | None = None,
                learning_rate: float | None = None, *, final: bool = False) -> None:
         if self.progress is None:
             return
         now = time.monotonic()
-        if not final and now - self._last_sent < self.interval:
+        if not final and phase == self._last_phase and now - self._last_sent < self.interval:
             return
-        self._last_sent = now
+        self._last_sent, self._last_phase = now, phase
         value = float(loss) if loss is not None else None  # a host sync, a few times a second at most
         self.progress(Progress(phase, step, total_steps, value, learning_rate))
 

@@ -47,6 +47,7 @@ class RunControl:
         self.train_steps: int | None = None
         self.packed_with: int | None = None  # jobs trained together, this one included (worker/packing.py)
         self._last_progress_write = float("-inf")
+        self._last_progress_phase = ""
         self._last_cancel_check = float("-inf")
 
     def should_stop(self) -> bool:
@@ -73,9 +74,10 @@ class RunControl:
             self.train_steps = update.step
         now = time.monotonic()
         final = update.step >= update.total_steps
-        if now - self._last_progress_write < self.progress_interval and not final:
-            return  # at most one write per interval: polls see it, Redis is not hammered per step
-        self._last_progress_write = now
+        if (now - self._last_progress_write < self.progress_interval and not final
+                and update.phase == self._last_progress_phase):
+            return  # at most one write per interval, and one per phase change: Redis is not hammered per step
+        self._last_progress_write, self._last_progress_phase = now, update.phase
         self.report(update.phase, update.step, update.total_steps, update.loss)
 
     def report(self, phase: str, step: int = 0, total_steps: int = 0, loss: float | None = None) -> None:

@@ -107,6 +107,15 @@ def test_the_throttle_sends_at_most_one_report_per_interval():
     assert [p.step for p in sent] == [1, 100] and sent[0].loss == 0.5
 
 
+def test_the_throttle_sends_the_first_report_of_each_phase_at_once():
+    sent = []
+    throttle = ProgressThrottle(sent.append, interval=3600)
+    throttle.report("training", 1, 100)
+    throttle.report("inference", 0, 8)  # a poll sees inference begin, not an interval later
+    throttle.report("inference", 1, 8)
+    assert [(p.phase, p.step) for p in sent] == [("training", 1), ("inference", 0)]
+
+
 def test_the_self_check_falls_back_to_cubic_when_the_net_is_worse(photo):
     # A net with huge random weights and a learning rate too small to repair it rebuilds the input far worse
     sabotaged = tiny(init_variance=1000.0, learning_rate=1e-12, max_iters=2)

@@ -33,3 +33,17 @@ def test_the_jobs_denoise_reaches_the_core(store, redis_server, denoise):
     assert output.size == (64, 64)
     noise_std = output.info["sr"]["noise_std"]
     assert (noise_std > 0.01) if denoise == "auto" else noise_std == 0.0, noise_std  # about 12/255 was added
+
+
+def test_progress_is_written_at_most_once_per_interval_and_at_once_on_a_phase_change(store, redis_server):
+    settings = Settings(redis_url=redis_server.url, progress_interval_seconds=3600, lease_seconds=3600)
+    control = RunControl(store, "progress-" + secrets.token_hex(8), secrets.token_hex(8), settings,
+                         leased_at=time.monotonic())
+    written = []
+    control.report = lambda phase, step=0, total_steps=0, loss=None: written.append((phase, step))
+    for step in range(1, 50):
+        control.progress(sr.Progress("training", step, 100, 0.5, None))
+    control.progress(sr.Progress("inference", 0, 8, None, None))
+    control.progress(sr.Progress("inference", 1, 8, None, None))
+    control.progress(sr.Progress("inference", 8, 8, None, None))  # a phase's last report always goes
+    assert written == [("training", 1), ("inference", 0), ("inference", 8)]
