@@ -90,14 +90,15 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
     except MultipartError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     except FileTooLarge:
-        raise image_too_large(settings) from None
+        # refused mid-body: the connection closes rather than read the rest (as api/limits.py's refusal does)
+        raise image_too_large(settings, {"Connection": "close"}) from None
     if len(image) > settings.max_upload_bytes:
         raise image_too_large(settings)
     return params, image
 
 
-def image_too_large(settings: Settings) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the image exceeds {settings.max_upload_bytes} bytes")
+def image_too_large(settings: Settings, headers: dict[str, str] | None = None) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the image exceeds {settings.max_upload_bytes} bytes", headers)
 
 
 def _decode_base64(text: str) -> bytes:
