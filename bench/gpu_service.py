@@ -85,7 +85,8 @@ def main() -> int:
     parser.add_argument("--presets", default="paper,balanced,fast")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="", help="UPSCALER_DEVICE for the worker (default: CUDA when available)")
-    parser.add_argument("--steps", type=int, default=0, help="cap every preset's max_iters (0 = the presets as they are)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="cap every preset's max_iters (0 = the presets as they are)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
 

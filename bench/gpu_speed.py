@@ -76,7 +76,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="training steps before the clock starts")
     parser.add_argument("--e2e-presets", default=",".join(PRESET_NAMES), help="presets timed end to end ('' = none)")
     parser.add_argument("--first-job-presets", default="paper,fast",
-                        help="presets whose first job of a fresh process is timed, cold and after sr.warm_up ('' = none)")
+                        help="presets whose first job of a fresh process is timed, cold and after sr.warm_up "
+                             "('' = none)")
     parser.add_argument("--first-job-child", default="", help=argparse.SUPPRESS)  # a fresh process's part of it
     parser.add_argument("--child-warm-up", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pack-jobs", type=int, default=16)
@@ -325,8 +326,8 @@ def time_first_jobs(name: str, warm: bool, args: argparse.Namespace) -> dict:
                *(["--threads", str(args.threads)] if args.threads else [])]
     child = subprocess.run(command, capture_output=True, text=True, check=True)
     figures = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"  {name}, a fresh process{' after sr.warm_up' if warm else ''}: first job {figures['first_seconds']:.2f} s, "
-          f"second {figures['second_seconds']:.2f} s")
+    print(f"  {name}, a fresh process{' after sr.warm_up' if warm else ''}: "
+          f"first job {figures['first_seconds']:.2f} s, second {figures['second_seconds']:.2f} s")
     return figures
 
 

@@ -12,5 +12,5 @@ from sr.progress import Progress
 from sr.warmup import warm_up
 from sr.zssr import upscale
 
-__all__ = ["upscale", "warm_up", "ZSSRConfig", "config_for", "PRESETS", "PAPER", "BALANCED", "FAST", "Progress", "Cancelled",
-           "InvalidInput", "psnr", "ssim"]
+__all__ = ["upscale", "warm_up", "ZSSRConfig", "config_for", "PRESETS", "PAPER", "BALANCED", "FAST", "Progress",
+           "Cancelled", "InvalidInput", "psnr", "ssim"]

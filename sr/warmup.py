@@ -21,7 +21,9 @@ from sr.config import PRESETS, ZSSRConfig
 from sr.cuda_step import WARMUP_STEPS
 from sr.zssr import upscale
 
-WARM_UP_SIDE = 96  # pixels: crops and tiles of the presets' own sizes or smaller; seconds on a CPU, milliseconds on a GPU
+# pixels: crops and tiles of the presets' own sizes or smaller; 2.7 s for the three presets on the 2-core VM, about
+# 0.1 s each on an H200 once CUDA is up (the first pays its start-up: 5-6 s)
+WARM_UP_SIDE = 96
 WARM_UP_STEPS = WARMUP_STEPS + 5  # past the graph's eager warm-up steps, so the captured step is replayed too
 
 
