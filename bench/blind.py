@@ -136,10 +136,10 @@ class KernelRow:
     kernel_mse: float
     lr_psnr_estimated: float
     lr_psnr_bicubic: float
-    shrink: float = 1.0  # the kernel fit's covariance factor (sr.upscale only; <1 narrowed, >1 widened)
+    fit_factor: float = 1.0  # the kernel fit's covariance factor (sr.upscale only; <1 narrowed, >1 widened)
     # The factor the same fit gives the TRUE kernel: away from 1.0 it would have moved the right answer (it reads
     # the ground truth, so it is a diagnostic, never a run-time input).
-    true_kernel_shrink: float = 1.0
+    true_kernel_fit_factor: float = 1.0
 
 
 def kernel_row(case: KernelCase, sf: int, iters: int, seed: int) -> tuple[KernelRow, np.ndarray]:
@@ -204,8 +204,8 @@ def blind_row(case: KernelCase, sf: int, config, iters: int, seed: int) -> Blind
     kernel_result = KernelRow(image=case.name, sf=sf, iters=iters, seconds=round(info["kernel_estimation_seconds"], 1),
                               kernel_mse=float(degradations.kernel_mse(estimated, case.kernel)),
                               lr_psnr_estimated=round(rgb_psnr(by_estimate, truth), 2),
-                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), shrink=info["kernel_factor"],
-                              true_kernel_shrink=blind.fit_kernel(case.lr, case.kernel, sf).factor)
+                              lr_psnr_bicubic=round(rgb_psnr(by_bicubic, truth), 2), fit_factor=info["kernel_factor"],
+                              true_kernel_fit_factor=blind.fit_kernel(case.lr, case.kernel, sf).factor)
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic,
                     zssr_bicubic_kernel=score(plain, case.hr, sf, plain_seconds),
                     zssr_estimated_kernel=score(with_estimate, case.hr, sf, estimate_seconds),
@@ -249,7 +249,7 @@ def print_blind_table(rows: list[BlindRow], preset: str) -> None:
         print(f"| {row.image}{tuned} | x{row.sf} | {_cell(row.bicubic)} | {_cell(row.zssr_bicubic_kernel)} | "
               f"{_cell(row.zssr_estimated_kernel)} | {_cell(row.zssr_true_kernel)} | {row.kernel.kernel_mse:.2e} | "
               f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | "
-              f"{row.kernel.shrink:.2f} / {row.kernel.true_kernel_shrink:.2f} | "
+              f"{row.kernel.fit_factor:.2f} / {row.kernel.true_kernel_fit_factor:.2f} | "
               f"{row.zssr_bicubic_kernel.seconds:.0f} / {row.zssr_estimated_kernel.seconds:.0f} / "
               f"{row.zssr_true_kernel.seconds:.0f} |")
     for sf in sorted({row.sf for row in rows}):
