@@ -235,7 +235,11 @@ def blind_row_from_dict(row: dict) -> BlindRow:
     """A BlindRow back from its --json-out form."""
     scores = {name: Score(**row[name]) for name in
               ("bicubic", "zssr_bicubic_kernel", "zssr_estimated_kernel", "zssr_true_kernel")}
-    return BlindRow(image=row["image"], sf=row["sf"], kernel=KernelRow(**row["kernel"]), **scores)
+    kernel = {OLD_KERNEL_NAMES.get(name, name): value for name, value in row["kernel"].items()}
+    return BlindRow(image=row["image"], sf=row["sf"], kernel=KernelRow(**kernel), **scores)
+
+
+OLD_KERNEL_NAMES = {"shrink": "fit_factor", "true_kernel_shrink": "true_kernel_fit_factor"}  # files before d0e7dd3
 
 
 def print_blind_table(rows: list[BlindRow], preset: str) -> None:
