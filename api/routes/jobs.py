@@ -35,7 +35,8 @@ ACTIVE_JOBS_RETRY_AFTER_SECONDS = 5
 # millisecond: a flat 256x256 PNG of 760 bytes takes 0.56 ms here; a thread hop costs more); a larger one in a thread.
 INLINE_DECODE_BYTES = 32 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
-# A submission body at most this large is read before the request is counted against its key's rate.
+# A submission body at most this large is read before the request is counted against its key's rate, and read
+# whole by the form reader (api/multipart.py).
 SMALL_SUBMISSION_BYTES = 64 * 1024
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 429)}
 
@@ -67,7 +68,7 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
     try:
         if content_type.startswith("multipart/form-data"):
             form = await read_form(request, max_files=1, max_fields=16, max_field_bytes=64 * 1024,
-                                   max_file_bytes=settings.max_upload_bytes)
+                                   max_file_bytes=settings.max_upload_bytes, small_body_bytes=SMALL_SUBMISSION_BYTES)
             image = form.get("image")
             if not isinstance(image, bytes):
                 raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
