@@ -14,6 +14,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install "$TORCH_SPEC" --index-url "$T
 COPY pyproject.toml README.md ./
 COPY sr ./sr
 COPY api ./api
+COPY jobs ./jobs
 COPY worker ./worker
 RUN pip install . && useradd --create-home --uid 10001 upscaler
 USER upscaler

@@ -19,8 +19,8 @@ import uvicorn
 
 from api.main import create_app
 from api.serving import LOOP, serve_processes
-from worker.redis_server import RedisServer, RedisUnavailable
-from worker.settings import SettingsError, UnsafeSettings, load_settings
+from jobs.redis_server import RedisServer, RedisUnavailable
+from jobs.settings import SettingsError, UnsafeSettings, load_settings
 
 
 APP = "api.main:app_from_env"

@@ -16,8 +16,9 @@ from fastapi import Depends, Path, Request
 from pydantic import SecretStr
 
 from api.errors import ApiError
-from worker.settings import Settings
-from worker.store import AsyncJobStore, Lookup, RateLimit, is_job_id
+from jobs.settings import Settings
+from jobs.record import is_job_id
+from jobs.store import AsyncJobStore, Lookup, RateLimit
 
 OPEN_ACCESS_OWNER = "open"
 

@@ -11,10 +11,10 @@ from PIL import Image
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import events, health, jobs, page
-from worker.celery_app import make_celery, run_job_message
-from worker.heap import freeze_startup_objects
-from worker.settings import QUEUES, Settings, load_settings
-from worker.store import AsyncJobStore
+from jobs.heap import freeze_startup_objects
+from jobs.queue import QUEUES, run_job_message
+from jobs.settings import Settings, load_settings
+from jobs.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """Upscale images with ZSSR ("Zero-Shot" Super-Resolution) or bicubic, as asynchronous jobs:
@@ -37,12 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.store = AsyncJobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
-        app.state.celery = make_celery(settings)  # builds run_job messages; the store pushes them
         await warm_up(app)
         try:
             yield
         finally:
-            app.state.celery.close()
             await app.state.store.close()
 
     app = FastAPI(title="ZSSR upscaler", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -65,7 +63,7 @@ async def warm_up(app: FastAPI) -> None:
         await get_in_process(app, path)
     Image.init()
     for queue in QUEUES:
-        run_job_message(app.state.celery, "0" * 32, queue)
+        run_job_message("0" * 32, queue)
     try:
         await app.state.store.warm_up(connections=WARM_REDIS_CONNECTIONS)
     except redis.RedisError:  # Redis not up yet: the API starts anyway and answers 503 until it is

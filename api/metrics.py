@@ -8,7 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from worker.store import ACTIVE, STATUSES, histogram_from_stats
+from jobs.record import ACTIVE, STATUSES
+from jobs.store import histogram_from_stats
 
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "gave_up", "refused")
 

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - the API's dependencies include it on L
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.redis_server import RedisServer, free_port  # noqa: E402
+from jobs.redis_server import RedisServer, free_port  # noqa: E402
 
 BOUNDARY = "benchboundary7c1f"
 

@@ -48,8 +48,8 @@ except ImportError:  # pragma: no cover - a dependency of the API on Linux
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.redis_server import RedisServer, free_port  # noqa: E402
-from worker.store import JobStore  # noqa: E402
+from jobs.redis_server import RedisServer, free_port  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "canceled")
 WEBHOOK_SECRET = "whsec_" + "c29hay1iZW5jaC13ZWJob29rLXNlY3JldC0wMDAwMA=="

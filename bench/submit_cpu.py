@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from api_load import Connection, cpu_seconds, multipart_body, percentile, run, small_png  # noqa: E402
-from worker.redis_server import RedisServer, free_port  # noqa: E402
+from jobs.redis_server import RedisServer, free_port  # noqa: E402
 
 BOUNDARY = "benchboundary7c1f"  # the one api_load.multipart_body uses
 

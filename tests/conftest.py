@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from tests.e2e.helpers import TINY_ZSSR_OVERRIDES, WEBHOOK_SECRET
-from worker.redis_server import RedisServer
-from worker.settings import Settings
-from worker.store import JobStore
+from jobs.redis_server import RedisServer
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

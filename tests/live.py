@@ -10,7 +10,7 @@ from typing import Iterator
 import uvicorn
 from api.serving import LOOP
 
-from worker.redis_server import free_port
+from jobs.redis_server import free_port
 
 
 @contextmanager

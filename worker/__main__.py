@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 
-from worker.settings import (EXIT_DEVICE_FAILED, EXIT_STUCK_RUN, QUEUES, Settings, SettingsError, UnsafeSettings,
-                             load_settings)
-from worker.store import JobStore
+from jobs.queue import QUEUES
+from jobs.settings import Settings, SettingsError, UnsafeSettings, load_settings
+from jobs.store import JobStore
+from worker.exits import EXIT_DEVICE_FAILED, EXIT_STUCK_RUN
 
 HEALTHY_WITHIN_SECONDS = 20
 

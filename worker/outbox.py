@@ -16,9 +16,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from worker import webhooks
-from worker.settings import Settings
-from worker.store import ClaimedEvent, JobStore
+from jobs import webhooks
+from jobs.settings import Settings
+from jobs.store import ClaimedEvent, JobStore
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 0.2  # how often an idle sender looks for due events

@@ -37,7 +37,7 @@ import sr
 from sr.blind import son_jpeg_quality
 from sr.packed import upscale_many
 from worker.runs import RunControl, upscale_job, zssr_config
-from worker.settings import Settings
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from worker.celery_app import PRIORITY_SEPARATOR, PRIORITY_STEPS, RUN_JOB
-from worker.settings import Settings
-from worker.store import JobStore, Message
+from jobs.queue import RUN_JOB, Message, queue_lists
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 MAX_LAPSED_RUNS = 3
 SCAN_PAGE = 500
 
-MessageFor = Callable[[str, str], Message]  # (job id, queue) -> a run_job message (worker.celery_app.run_job_message)
+MessageFor = Callable[[str, str], Message]  # (job id, queue) -> a run_job message (jobs.queue.run_job_message)
 
 
 @dataclass
@@ -73,8 +73,7 @@ def reap_once(store: JobStore, settings: Settings, message_for: MessageFor) -> P
 def waiting_job_ids(store: JobStore, queue: str) -> set[str]:
     """The job ids of the run_job messages waiting in a Celery queue (kombu: one Redis list per priority step)."""
     found: set[str] = set()
-    for step in PRIORITY_STEPS:
-        name = f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue
+    for name in queue_lists(queue):
         start = 0
         while True:
             page = store.redis.lrange(name, start, start + SCAN_PAGE - 1)

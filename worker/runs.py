@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import sr
-from worker.images import ImageRejected
-from worker.settings import EXIT_STUCK_RUN, Settings
-from worker.store import JobStore
+from jobs.images import ImageRejected
+from jobs.settings import Settings
+from jobs.store import JobStore
+from worker.exits import EXIT_STUCK_RUN
 
 log = logging.getLogger(__name__)
 # The ZSSR core saves its training state through `checkpoint=` and resumes from `resume=` (when it has them).

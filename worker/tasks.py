@@ -17,17 +17,18 @@ import time
 from celery import signals
 
 import sr
-from worker import webhooks
-from worker.celery_app import RUN_JOB, app, run_job_message
-from worker.heap import freeze_startup_objects
-from worker.images import OUTPUT_FORMATS, decode_for_sr, encode
+from jobs import webhooks
+from jobs.heap import freeze_startup_objects
+from jobs.images import OUTPUT_FORMATS, decode_for_sr, encode
+from jobs.queue import RUN_JOB, run_job_message
+from jobs.settings import Settings
+from jobs.store import JobStore
+from worker.celery_app import app
 from worker.outbox import WebhookSender
 from worker.packing import Packer
 from worker.reaper import Reaper
 from worker.runs import (SR_CHECKPOINTS, Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics,
                          upscale_job)
-from worker.settings import Settings
-from worker.store import JobStore
 
 log = logging.getLogger(__name__)
 settings = Settings()
@@ -100,7 +101,7 @@ def _stop(job_id: str, token: str, control: RunControl, job: dict[str, str], sta
     if reason in ("shutdown", "lease_lost"):
         # Hand the job back (a lease lost only here, not yet in Redis, is still ours to hand back);
         # if another run owns it already, this changes nothing.
-        handed_back = store.release(job_id, token, run_job_message(app, job_id, job["queue"]))
+        handed_back = store.release(job_id, token, run_job_message(job_id, job["queue"]))
         if handed_back == "queued":
             log.info("job %s handed back to the queue (%s)", job_id, reason)
             return
@@ -124,10 +125,6 @@ def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: 
     store.observe_seconds("run", method, time.monotonic() - started)
 
 
-def _message_for(job_id: str, queue: str):
-    return run_job_message(app, job_id, queue)
-
-
 def _json(value) -> str:
     return json.dumps(value)
 
@@ -146,7 +143,7 @@ def _start_background(sender=None, **_) -> None:
     if "gpu" in queues and settings.pack_jobs > 1:
         _packer = Packer(settings, settings.pack_jobs)
     _background.append(Heartbeat(store, sender.hostname, queues))
-    _background.append(Reaper(store, settings, _message_for))
+    _background.append(Reaper(store, settings, run_job_message))
     if "light" in queues:
         _background.append(WebhookSender(store, settings))
     for thread in _background:

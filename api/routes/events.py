@@ -32,7 +32,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import JobDep, StoreDep
 from api.schemas import ErrorBody
-from worker.store import TERMINAL, AsyncJobStore, public_job
+from jobs.record import TERMINAL, public_job
+from jobs.store import AsyncJobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 RECONNECT_MILLISECONDS = 1000  # the `retry:` hint to EventSource clients

@@ -9,8 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from api import metrics
 from api.deps import StoreDep
 from api.schemas import Readiness
-from worker.celery_app import PRIORITY_SEPARATOR, PRIORITY_STEPS
-from worker.settings import QUEUES
+from jobs.queue import PRIORITY_SEPARATOR, PRIORITY_STEPS, QUEUES
 
 router = APIRouter(tags=["health"])
 WORKER_ALIVE_SECONDS = 20  # workers beat every 5 s

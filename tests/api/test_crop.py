@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.e2e.helpers import photo_bytes, png_bytes, submit, wait_for
-from worker.images import ImageRejected, crop_region, decode_for_sr
+from jobs.images import ImageRejected, crop_region, decode_for_sr
 
 
 def result_image(client, job_id: str) -> Image.Image:

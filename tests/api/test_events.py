@@ -18,8 +18,9 @@ from api.main import create_app
 from api.routes.events import StreamTiming
 from tests.e2e.helpers import png_bytes
 from tests.live import serve
-from worker.settings import Settings
-from worker.store import JobKeys, new_job_fields, new_job_id
+from jobs.settings import Settings
+from jobs.record import new_job_fields, new_job_id
+from jobs.store import JobKeys
 
 FAST = StreamTiming(poll_seconds=0.05, heartbeat_seconds=0.3)
 

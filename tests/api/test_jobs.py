@@ -11,7 +11,8 @@ from PIL import Image
 
 from api.schemas import JobPublic
 from tests.e2e.helpers import WebhookReceiver, png_bytes, submit, wait_for
-from worker.store import new_job_fields, new_job_id
+from jobs.queue import run_job_message
+from jobs.record import new_job_fields, new_job_id
 
 
 def test_bicubic_job_runs_on_the_light_queue_and_returns_a_png_of_the_right_size(client, store):
@@ -83,7 +84,7 @@ def test_a_canceled_queued_job_never_starts_even_when_its_message_arrives(client
     job_id = _queued_job_without_a_message(store)
     response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "canceled"
-    client.app.state.celery.send_task("upscaler.run_job", args=[job_id], queue="light")
+    store.redis.lpush(*run_job_message(job_id, "light"))
     time.sleep(1.0)  # the light worker takes the message at once; it must decline to run it
     record = store.fields(job_id)
     assert record["status"] == "canceled" and record["runs"] == "0" and "started_at" not in record

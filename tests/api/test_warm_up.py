@@ -7,8 +7,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from worker.settings import Settings
-from worker.store import PREFIX
+from jobs.settings import Settings
+from jobs.store import PREFIX
 
 KEY = "warm-up-test-key-" + "5" * 16
 

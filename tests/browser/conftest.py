@@ -12,7 +12,7 @@ import pytest
 
 from api.main import create_app
 from tests.live import serve
-from worker.settings import Settings
+from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

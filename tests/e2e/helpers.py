@@ -13,8 +13,8 @@ import skimage.data
 from PIL import Image
 from pydantic import SecretStr
 
-from worker.settings import secret_key_bytes
-from worker.webhooks import verify
+from jobs.settings import secret_key_bytes
+from jobs.webhooks import verify
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-tests-webhook-key-0123456789").decode()
 # Small ZSSR budgets per preset: "fast" finishes in seconds on a CPU; "paper" trains long enough to be canceled.

@@ -9,7 +9,7 @@ import yaml
 
 import api.__main__ as api_cli
 import worker.__main__ as worker_cli
-from worker.settings import Settings
+from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -15,8 +15,8 @@ import pytest
 from api.main import create_app
 from tests.e2e.helpers import png_bytes
 from tests.live import serve
-from worker.redis_server import free_port
-from worker.settings import Settings
+from jobs.redis_server import free_port
+from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.redis_server import free_port
+from jobs.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 1024 * 1024

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.helpers import wait_for
 from tests.hostile.cases import CASES, LIMITS, Case
-from worker.store import QUEUED_KEY, RUNNING_KEY
+from jobs.store import QUEUED_KEY, RUNNING_KEY
 
 HERE = Path(__file__).resolve().parent
 accepted: dict[str, str] = {}  # case id -> job id, checked by the last test of this module

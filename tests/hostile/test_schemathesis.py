@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 from api.main import create_app
 from tests.hostile.cases import LIMITS
 from tests.live import serve
-from worker.settings import Settings
+from jobs.settings import Settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 

@@ -1,7 +1,7 @@
 """A private stack for fault tests: its own redis-server (append-only file on, as in the compose file) and
 real `python -m worker` processes that a test starts, kills, stops and restarts as it needs; the API
 in-process on the same settings. Short leases, a fast reaper and short webhook backoffs keep each fault
-test to seconds (the production defaults are in worker/settings.py)."""
+test to seconds (the production defaults are in jobs/settings.py)."""
 from __future__ import annotations
 
 import os
@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from tests.e2e.helpers import TINY_ZSSR_OVERRIDES, WEBHOOK_SECRET
-from worker.redis_server import RedisServer
-from worker.settings import Settings
-from worker.store import JobStore
+from jobs.redis_server import RedisServer
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.e2e.helpers import WEBHOOK_SECRET, secret_key_bytes_of
-from worker.webhooks import verify
+from jobs.webhooks import verify
 
 BEHAVIOURS = ("ok", "hang", "error", "redirect")
 

@@ -17,7 +17,8 @@ from tests.e2e.helpers import WEBHOOK_SECRET, png_bytes, submit
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver
 from worker.outbox import deliver_event
-from worker.store import TERMINAL, is_job_id, owner_index_key
+from jobs.record import TERMINAL, is_job_id
+from jobs.store import owner_index_key
 
 KEY_A, KEY_B = "key-alpha-" + "7" * 24, "key-beta-" + "3" * 24
 

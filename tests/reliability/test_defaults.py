@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from worker.images import MIN_SIDE
+from jobs.images import MIN_SIDE
 from worker.runs import lease_margin
-from worker.settings import Settings, UnsafeSettings
+from jobs.settings import Settings, UnsafeSettings
 
 SECRET = "whsec_c2VydmljZS10ZXN0cy13ZWJob29rLWtleQ=="
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import base64
 import json
 
-from worker.celery_app import RUN_JOB, make_celery, run_job_message
+from jobs.queue import RUN_JOB, run_job_message
+from worker.celery_app import make_celery
 
 
 def test_run_job_message_matches_what_celery_publishes(fresh):
@@ -12,7 +13,7 @@ def test_run_job_message_matches_what_celery_publishes(fresh):
     app = make_celery(cluster.settings)
     app.send_task(RUN_JOB, args=["a" * 32], queue="gpu")
     theirs = json.loads(cluster.store.redis.rpop("gpu"))
-    queue, raw = run_job_message(app, "a" * 32, "gpu")
+    queue, raw = run_job_message("a" * 32, "gpu")
     ours = json.loads(raw)
     assert queue == "gpu"
     assert set(ours) == set(theirs) and set(ours["headers"]) == set(theirs["headers"])
@@ -23,7 +24,7 @@ def test_run_job_message_matches_what_celery_publishes(fresh):
         assert ours["properties"][field] == theirs["properties"][field]
     assert ours["headers"]["task"] == theirs["headers"]["task"] == RUN_JOB
     assert json.loads(base64.b64decode(ours["body"]))[0] == json.loads(base64.b64decode(theirs["body"]))[0]
-    again = json.loads(run_job_message(app, "a" * 32, "gpu")[1])
+    again = json.loads(run_job_message("a" * 32, "gpu")[1])
     assert again["headers"]["id"] != ours["headers"]["id"]  # a fresh task id and delivery tag each time
     assert again["properties"]["delivery_tag"] != ours["properties"]["delivery_tag"]
     app.close()

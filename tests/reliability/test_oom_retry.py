@@ -15,7 +15,7 @@ from PIL import Image
 
 import sr
 from worker.runs import MIN_INFERENCE_MEMORY_MB, RunControl, is_cuda_out_of_memory, smaller_tiles, upscale_job
-from worker.settings import Settings
+from jobs.settings import Settings
 
 pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"), reason="the ZSSR core has not landed yet")
 

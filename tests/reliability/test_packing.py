@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.e2e.helpers import photo_bytes, submit, wait_for
 from tests.reliability.cluster import Cluster, settings_from_env, wait_until
-from worker.images import decode_for_sr, encode
+from jobs.images import decode_for_sr, encode
 from worker.runs import RunControl, upscale_job
 
 # fast: a short run, compared with the same job alone; balanced: long enough to cancel mid-training.

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import time
 
+from jobs.queue import run_job_message
+from jobs.record import new_job_fields, new_job_id
 from tests.e2e.helpers import png_bytes, submit, wait_for
 from tests.reliability.cluster import wait_until
-from worker.celery_app import app, run_job_message
 from worker.reaper import reap_once, waiting_job_ids
-from worker.store import new_job_fields, new_job_id
 
 
 def record_without_message(store, queue: str = "light") -> str:
@@ -54,7 +54,7 @@ def test_a_queued_job_whose_message_waits_in_the_queue_is_left_alone(fresh):
     sent = []
     time.sleep(cluster.settings.redispatch_after_seconds + 0.2)
     done = reap_once(cluster.store, cluster.settings, lambda job_id, queue: sent.append(job_id) or
-                     run_job_message(app, job_id, queue))
+                     run_job_message(job_id, queue))
     assert sent == [] and done.redispatched == []
     assert waiting_job_ids(cluster.store, "gpu") == {job["id"]}
 
@@ -68,7 +68,7 @@ def test_a_lapsed_job_whose_runs_keep_dying_fails_with_worker_lost(fresh):
         assert cluster.store.begin_run(job_id, f"t{run}", worker="w", lease_seconds=0.05).outcome == "started"
         time.sleep(0.1)  # the worker "died": its lease lapsed
         reap_once(cluster.store, cluster.settings, lambda job_id, queue: sent.append((job_id, queue)) or
-                  run_job_message(app, job_id, queue))
+                  run_job_message(job_id, queue))
     assert sent == [(job_id, "light")] * 3  # a message is built for each lapse; the third ends the job
     assert cluster.store.redis.llen("light") == 2
     job = cluster.store.public(job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from tests.e2e.helpers import png_bytes, submit, wait_for
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver
-from worker.webhooks import webhook_id
+from jobs.webhooks import webhook_id
 
 ROUTES = [("GET", "/v1/jobs/{id}"), ("GET", "/v1/jobs/{id}/result"), ("POST", "/v1/jobs/{id}/cancel"),
           ("GET", "/v1/jobs"), ("GET", "/readyz"), ("GET", "/metrics")]

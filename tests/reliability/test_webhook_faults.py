@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.helpers import png_bytes, submit, wait_for
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver
-from worker.webhooks import backoff_seconds, webhook_id
+from jobs.webhooks import backoff_seconds, webhook_id
 
 
 def closed_port_url() -> str:

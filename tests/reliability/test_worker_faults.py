@@ -17,8 +17,8 @@ from PIL import Image
 from tests.e2e.helpers import png_bytes, submit, wait_for
 from tests.reliability.cluster import Cluster, wait_until
 from tests.reliability.receivers import Receiver
-from worker.store import JobKeys
-from worker.webhooks import webhook_id
+from jobs.store import JobKeys
+from jobs.webhooks import webhook_id
 
 PAUSE = {"UPSCALER_TEST_PAUSE_BEFORE_RESULT_SECONDS": "1.5"}
 HOOK_SEED = 7  # jobs submitted with this seed get the test hook; the others run normally

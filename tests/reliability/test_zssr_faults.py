@@ -18,7 +18,7 @@ from tests.reliability.cluster import Cluster, wait_until
 from tests.reliability.receivers import Receiver
 from tests.reliability.test_worker_faults import (HOOK_SEED, assert_one_terminal_webhook,
                                                   assert_served_result_is_the_stored_one, pausing)
-from worker.store import JobKeys
+from jobs.store import JobKeys
 
 pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"),
                                 reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed yet")

@@ -1,4 +1,4 @@
-"""Upload validation and output encoding (worker.images), on images built here."""
+"""Upload validation and output encoding (jobs.images), on images built here."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from worker.images import ImageRejected, decode_for_sr, encode, inspect_image, output_size
+from jobs.images import ImageRejected, decode_for_sr, encode, inspect_image, output_size
 
 LIMIT = 4096 * 4096
 

@@ -1,4 +1,4 @@
-"""The estimated blur kernel on its way from sr's result.info into the job record (worker/runs.py, worker/store.py)."""
+"""The estimated blur kernel on its way from sr's result.info into the job record (worker/runs.py, jobs/store.py)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 import sr
+from api.submission import KERNEL_ESTIMATION_MIN_SIDE, KERNEL_ESTIMATION_SCALES
+from jobs.record import new_job_fields, new_job_id, public_job
 from sr import kernelgan
 from worker.runs import kernel_record, sr_metrics
-from worker.settings import KERNEL_ESTIMATION_MIN_SIDE, KERNEL_ESTIMATION_SCALES
-from worker.store import new_job_fields, new_job_id, public_job
 
 KERNEL = [[0.0, 0.125, 0.0], [0.125, 0.5, 0.125], [0.0, 0.125, 0.0]]
 

@@ -17,7 +17,7 @@ from worker import packing
 from worker.__main__ import celery_argv
 from worker.packing import Packer, UpscaleRequest, group_requests, pack_key
 from worker.runs import RunControl, upscale_job
-from worker.settings import Settings
+from jobs.settings import Settings
 
 TINY = {"max_iters": 6, "min_iters": 6, "crop_size": 16, "width": 8, "depth": 3, "run_test_every": 2,
         "back_projection_iters": [1], "output_flip": False, "threads": 1, "channels_last": False,

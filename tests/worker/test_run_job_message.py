@@ -1,4 +1,5 @@
-"""run_job messages are filled in from a template: each must equal the message Celery itself builds for that job."""
+"""run_job messages are built without Celery (jobs/queue.py): each must equal the message Celery itself builds for
+that job."""
 from __future__ import annotations
 
 import base64
@@ -6,9 +7,10 @@ import json
 
 import kombu.serialization
 
-from worker.celery_app import RUN_JOB, make_celery, run_job_message
-from worker.settings import Settings
-from worker.store import new_job_id
+from jobs.queue import RUN_JOB, run_job_message
+from jobs.record import new_job_id
+from jobs.settings import Settings
+from worker.celery_app import make_celery
 
 
 def built_by_celery(app, job_id: str, queue: str, task_id: str, delivery_tag: str) -> dict:
@@ -27,7 +29,7 @@ def test_each_message_is_the_one_celery_builds():
         for queue in ("light", "gpu"):
             for _ in range(3):
                 job_id = new_job_id()
-                listed, raw = run_job_message(app, job_id, queue)
+                listed, raw = run_job_message(job_id, queue)
                 ours = json.loads(raw)
                 theirs = built_by_celery(app, job_id, queue, ours["headers"]["id"],
                                          ours["properties"]["delivery_tag"])
@@ -41,7 +43,7 @@ def test_each_message_is_the_one_celery_builds():
 def test_every_message_has_its_own_task_id_and_delivery_tag():
     app = make_celery(Settings())
     try:
-        first, second = (json.loads(run_job_message(app, "a" * 32, "gpu")[1]) for _ in range(2))
+        first, second = (json.loads(run_job_message("a" * 32, "gpu")[1]) for _ in range(2))
         assert first["headers"]["id"] != second["headers"]["id"]
         assert first["headers"]["root_id"] == first["headers"]["id"] == first["properties"]["correlation_id"]
         assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]

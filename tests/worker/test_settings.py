@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings, SettingsError, UnsafeSettings, load_settings
+from jobs.settings import Settings, SettingsError, UnsafeSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_c2VydmljZS10ZXN0cy13ZWJob29rLWtleQ=="

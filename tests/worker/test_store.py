@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from worker.store import (AsyncJobStore, BeginResult, JobKeys, JobStore, RateLimit, new_job_fields, new_job_id,
-                          public_job)
+from jobs.record import new_job_fields, new_job_id, public_job
+from jobs.store import AsyncJobStore, BeginResult, JobKeys, JobStore, RateLimit
 
 OWNER = "store-tests"
 

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import sr
+from jobs.settings import Settings
 from worker import runs
-from worker.settings import EXIT_DEVICE_FAILED, Settings
+from worker.exits import EXIT_DEVICE_FAILED
 
 ROOT = Path(__file__).resolve().parents[2]
 

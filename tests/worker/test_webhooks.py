@@ -7,8 +7,8 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from worker.settings import secret_key_bytes
-from worker.webhooks import (TargetRefused, backoff_seconds, deliver, resolve_target, sign, verify,
+from jobs.settings import secret_key_bytes
+from jobs.webhooks import (TargetRefused, backoff_seconds, deliver, resolve_target, sign, verify,
                              webhook_id)
 
 

@@ -30,11 +30,10 @@ schedule its webhook event in the `webhooks` outbox, so an event is never lost b
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import redis
@@ -42,28 +41,20 @@ import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs import scripts
+from jobs.queue import Message
+from jobs.record import TERMINAL, public_job
+
 PREFIX = "upscaler:"
 STATS_KEY = PREFIX + "stats"
 WORKERS_KEY = PREFIX + "workers"
 QUEUED_KEY = PREFIX + "queued"
 RUNNING_KEY = PREFIX + "running"
 OUTBOX_KEY = PREFIX + "webhooks"
-TERMINAL = ("succeeded", "failed", "canceled")
-ACTIVE = ("queued", "running")
-STATUSES = ACTIVE + TERMINAL
 MAX_DELIVERIES_KEPT = 20
 DEFAULT_TTL_SECONDS = 24 * 3600  # only for a record without its own `ttl` field
 # Histogram buckets (seconds) of job queue and run time; bicubic jobs take milliseconds, ZSSR minutes.
 SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-
-
-def new_job_id() -> str:
-    """128 random bits as 32 hex digits: unguessable and safe in a URL path."""
-    return secrets.token_hex(16)
-
-
-def is_job_id(text: str) -> bool:
-    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass(frozen=True)
@@ -96,418 +87,6 @@ def event_member(job_id: str, event_type: str) -> str:
     return f"{job_id}|{event_type}"
 
 
-# --- Lua scripts: every status transition is one of these ---------------------------------------------
-# Every script gets the key prefix as ARGV[1] and (but the outbox claim and the rate limit) the job id as
-# ARGV[2]; the prelude below names the keys and holds the one way a job ends.
-
-_PRELUDE = """
-local P = ARGV[1]
-local function job_key(id) return P .. 'job:' .. id end
-local function stat(field, by) redis.call('HINCRBY', P .. 'stats', field, by) end
-
--- Schedule a webhook event once (NX: a second end of the same job cannot add a second event).
-local function add_event(id, event, due)
-  if redis.call('HGET', job_key(id), 'webhook_url') then
-    redis.call('ZADD', P .. 'webhooks', 'NX', due, id .. '|' .. event)
-  end
-end
-
--- The end of a job (from 'queued' or 'running'): status, timestamps, expiry, indexes, counters, webhook.
-local function close_job(id, from, outcome, now, default_ttl, tomb_ttl)
-  local job = job_key(id)
-  local ttl = tonumber(redis.call('HGET', job, 'ttl')) or default_ttl  -- the TTL it was accepted under
-  redis.call('HSET', job, 'status', outcome, 'finished_at', now)
-  redis.call('DEL', job .. ':input', job .. ':cancel', job .. ':lease', job .. ':checkpoint')
-  redis.call('EXPIRE', job, ttl)
-  for _, suffix in ipairs({':result', ':deliveries'}) do
-    if redis.call('EXISTS', job .. suffix) == 1 then redis.call('EXPIRE', job .. suffix, ttl) end
-  end
-  redis.call('EXPIRE', P .. 'tomb:' .. id, ttl + tomb_ttl)
-  redis.call('ZREM', P .. 'running', id)
-  redis.call('ZREM', P .. 'queued', id)
-  local owner = redis.call('HGET', job, 'owner')
-  if owner then redis.call('SREM', P .. 'owner:' .. owner .. ':active', id) end
-  stat('active:' .. from, -1)
-  stat('total:' .. outcome, 1)
-  add_event(id, 'job.' .. outcome, now)
-end
-"""
-
-# Requests per second per owner, GCRA (a leaky bucket kept as one timestamp, on Redis's clock so every
-# API process agrees): take_request(the owner's bucket, ms between requests at the sustained rate, burst)
-# -> 1, 0 allowed (and counted), or 0, ms to wait (not counted)
-_GCRA = """
-local function take_request(bucket, interval, burst)
-  local clock = redis.call('TIME')
-  local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-  local tolerance = interval * (burst - 1)
-  local tat = tonumber(redis.call('GET', bucket) or now)
-  if tat < now then tat = now end
-  local wait = tat - tolerance - now
-  if wait > 0 then return 0, math.ceil(wait) end
-  tat = tat + interval
-  redis.call('SET', bucket, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
-  return 1, 0
-end
-"""
-
-# KEYS: the owner's bucket. ARGV: ms between requests, burst -> {1, 0} allowed, or {0, ms to wait}
-_RATE_LIMIT = _GCRA + """
-local allowed, wait = take_request(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
-return {allowed, wait}
-"""
-
-# ARGV: P, id, ttl, tomb_ttl, owner, created_at (µs), input, max active per owner (0: none), now,
-#       the queue's Redis list and the job's run_job message ('' and '': record only, send nothing),
-#       the owner's rate bucket, ms between requests and burst ('', 0, 0: the request is not counted here),
-#       then the job record's fields as one JSON object of strings (one argument: redis-py encodes each argument
-#       in Python, about a microsecond apiece, and a record has some twenty)
-# -> {'created', 0}, or nothing written and {'rate_limited', ms to wait} or {'too_many_jobs', 0} (the owner
-#    already has the most unfinished jobs allowed)
-_CREATE = _PRELUDE + _GCRA + """
-local id, owner = ARGV[2], ARGV[5]
-if ARGV[12] ~= '' then  -- the submission is counted against its key's rate in this round trip
-  local allowed, wait = take_request(ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]))
-  if allowed == 0 then return {'rate_limited', wait} end
-end
-local active = P .. 'owner:' .. owner .. ':active'
-local max_active = tonumber(ARGV[8])
-if max_active > 0 and redis.call('SCARD', active) >= max_active then
-  -- forget ids whose job ended or expired without passing through close_job, then count again
-  for _, other in ipairs(redis.call('SMEMBERS', active)) do
-    local status = redis.call('HGET', job_key(other), 'status')
-    if status ~= 'queued' and status ~= 'running' then redis.call('SREM', active, other) end
-  end
-  if redis.call('SCARD', active) >= max_active then return {'too_many_jobs', 0} end
-end
-local job = job_key(id)
-local record = {}
-for name, value in pairs(cjson.decode(ARGV[15])) do
-  record[#record + 1] = name
-  record[#record + 1] = value
-end
-redis.call('HSET', job, unpack(record))
-local ttl = tonumber(ARGV[3])
-redis.call('EXPIRE', job, ttl)
-redis.call('SET', job .. ':input', ARGV[7], 'EX', ttl)
-redis.call('SET', P .. 'tomb:' .. id, owner, 'EX', ttl + tonumber(ARGV[4]))
-local index = P .. 'owner:' .. owner .. ':jobs'
-redis.call('ZADD', index, tonumber(ARGV[6]), id)
-if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
-redis.call('SADD', active, id)
-if redis.call('TTL', active) < ttl then redis.call('EXPIRE', active, ttl) end
-redis.call('ZADD', P .. 'queued', ARGV[9], id)
-if ARGV[10] ~= '' then redis.call('LPUSH', ARGV[10], ARGV[11]) end
-stat('active:queued', 1)
-stat('total:queued', 1)
-return {'created', 0}
-"""
-
-# ARGV: P, id, token, now, lease_ms, worker name
-# -> {outcome, previous status, 1 if this is the job's first start}; outcome 'started' or the reason not
-# to run ('missing', 'busy': another run holds a live lease, or a status)
-_BEGIN_RUN = _PRELUDE + """
-local id = ARGV[2]
-local job = job_key(id)
-local status = redis.call('HGET', job, 'status')
-if not status then redis.call('ZREM', P .. 'queued', id); return {'missing', '', 0} end
-if status == 'running' then
-  if redis.call('EXISTS', job .. ':lease') == 1 then return {'busy', status, 0} end
-elseif status ~= 'queued' then
-  return {status, status, 0}
-end
-redis.call('HSET', job, 'status', 'running', 'run_token', ARGV[3], 'worker', ARGV[6])
-local first = 0
-if not redis.call('HGET', job, 'started_at') then
-  redis.call('HSET', job, 'started_at', ARGV[4])
-  first = 1
-  add_event(id, 'job.started', ARGV[4])
-end
-redis.call('HINCRBY', job, 'runs', 1)
-redis.call('SET', job .. ':lease', ARGV[3], 'PX', tonumber(ARGV[5]))
-redis.call('ZREM', P .. 'queued', id)
-redis.call('ZADD', P .. 'running', ARGV[4], id)
-if status == 'queued' then
-  stat('active:queued', -1)
-  stat('active:running', 1)
-  stat('total:running', 1)
-end
-return {'started', status, first}
-"""
-
-# ARGV: P, id, token, lease_ms -> 1 while this run still owns the job, else 0
-_RENEW_LEASE = _PRELUDE + """
-local job = job_key(ARGV[2])
-if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
-if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return 0 end
-local holder = redis.call('GET', job .. ':lease')
-if holder and holder ~= ARGV[3] then return 0 end
-redis.call('SET', job .. ':lease', ARGV[3], 'PX', tonumber(ARGV[4]))
-return 1
-"""
-
-# ARGV: P, id, token, field, value -> 1 if written (only by the run that owns the job)
-_SET_RUN_FIELD = _PRELUDE + """
-local job = job_key(ARGV[2])
-if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
-if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return 0 end
-redis.call('HSET', job, ARGV[4], ARGV[5])
-return 1
-"""
-
-# ARGV: P, id, token, checkpoint bytes, default ttl -> 1 if written (only by the run that owns the job)
-_SAVE_CHECKPOINT = _PRELUDE + """
-local job = job_key(ARGV[2])
-if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
-if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return 0 end
-local ttl = tonumber(redis.call('HGET', job, 'ttl')) or tonumber(ARGV[5])
-redis.call('SET', job .. ':checkpoint', ARGV[4], 'EX', ttl)
-redis.call('HINCRBY', job, 'checkpoints', 1)
-return 1
-"""
-
-# The end of a run. ARGV: P, id, token, outcome, now, default ttl, tomb ttl, fields json (set only if the
-# outcome stands), result bytes -> {final status, 1 if this call made the transition else 0}
-_FINISH = _PRELUDE + """
-local id = ARGV[2]
-local job = job_key(id)
-local status = redis.call('HGET', job, 'status')
-if not status then return {'missing', 0} end
-if status ~= 'running' or redis.call('HGET', job, 'run_token') ~= ARGV[3] then return {status, 0} end
-local outcome = ARGV[4]
-if outcome == 'succeeded' and redis.call('EXISTS', job .. ':cancel') == 1 then outcome = 'canceled' end
-if outcome == ARGV[4] then
-  local fields = cjson.decode(ARGV[8])
-  for k, v in pairs(fields) do redis.call('HSET', job, k, v) end
-end
-if outcome == 'succeeded' then redis.call('SET', job .. ':result', ARGV[9], 'NX') end
-close_job(id, 'running', outcome, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
-return {outcome, 1}
-"""
-
-# A run hands its job back to the queue (worker shutting down). ARGV: P, id, token, now, queue list, message
-# -> 'queued' when handed back (with a new message), 'cancel' when the cancel flag is set (the caller
-# finishes it canceled), else ''
-_RELEASE = _PRELUDE + """
-local id = ARGV[2]
-local job = job_key(id)
-if redis.call('HGET', job, 'status') ~= 'running' then return '' end
-if redis.call('HGET', job, 'run_token') ~= ARGV[3] then return '' end
-if redis.call('EXISTS', job .. ':cancel') == 1 then return 'cancel' end
-redis.call('HSET', job, 'status', 'queued', 'progress', '')
-redis.call('HDEL', job, 'run_token', 'worker')
-redis.call('DEL', job .. ':lease')
-redis.call('ZREM', P .. 'running', id)
-redis.call('ZADD', P .. 'queued', ARGV[4], id)
-redis.call('LPUSH', ARGV[5], ARGV[6])
-stat('active:running', -1)
-stat('active:queued', 1)
-return 'queued'
-"""
-
-# The reaper, for a running job whose lease may have lapsed. ARGV: P, id, now, default ttl, tomb ttl,
-# most lapsed runs before the job fails, error json for that case, queue list, run_job message
-# -> {what happened, the job's queue}: 'requeued', 'canceled' (its cancel flag was set), 'failed' (its
-# runs kept dying), 'alive' (the lease holds), 'gone' (not running any more)
-_REQUEUE_LAPSED = _PRELUDE + """
-local id = ARGV[2]
-local job = job_key(id)
-local status = redis.call('HGET', job, 'status')
-if status ~= 'running' then redis.call('ZREM', P .. 'running', id); return {'gone', ''} end
-if redis.call('EXISTS', job .. ':lease') == 1 then return {'alive', ''} end
-local queue = redis.call('HGET', job, 'queue') or ''
-stat('lease_lapsed', 1)
-if redis.call('EXISTS', job .. ':cancel') == 1 then
-  close_job(id, 'running', 'canceled', ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-  return {'canceled', queue}
-end
-local lapsed = redis.call('HINCRBY', job, 'lapsed_runs', 1)
-if lapsed >= tonumber(ARGV[6]) then
-  redis.call('HSET', job, 'error', ARGV[7])
-  close_job(id, 'running', 'failed', ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-  return {'failed', queue}
-end
-redis.call('HSET', job, 'status', 'queued', 'progress', '')
-redis.call('HDEL', job, 'run_token', 'worker')
-redis.call('ZREM', P .. 'running', id)
-redis.call('ZADD', P .. 'queued', ARGV[3], id)
-redis.call('LPUSH', ARGV[8], ARGV[9])
-stat('active:running', -1)
-stat('active:queued', 1)
-return {'requeued', queue}
-"""
-
-# The reaper, for a queued job whose message is nowhere: send another. ARGV: P, id, now, queue list, message
-# -> 1 if sent, 0 if the job is no longer queued (a worker began it meanwhile)
-_RESEND = _PRELUDE + """
-local id = ARGV[2]
-if redis.call('HGET', job_key(id), 'status') ~= 'queued' then return 0 end
-redis.call('LPUSH', ARGV[4], ARGV[5])
-redis.call('ZADD', P .. 'queued', ARGV[3], id)
-return 1
-"""
-
-# ARGV: P, id, now, default ttl, tomb ttl
-# -> 'canceled_now' (was queued), 'requested' (running: the worker stops between steps), a terminal status, 'missing'
-_CANCEL = _PRELUDE + """
-local id = ARGV[2]
-local job = job_key(id)
-local status = redis.call('HGET', job, 'status')
-if not status then return 'missing' end
-if status == 'queued' then
-  redis.call('HSET', job, 'cancel_requested', '1')
-  close_job(id, 'queued', 'canceled', ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-  return 'canceled_now'
-end
-if status == 'running' then
-  local ttl = tonumber(redis.call('HGET', job, 'ttl')) or tonumber(ARGV[4])
-  redis.call('SET', job .. ':cancel', '1', 'EX', ttl)
-  redis.call('HSET', job, 'cancel_requested', '1')
-  return 'requested'
-end
-return status
-"""
-
-# Claim the webhook events that are due: each is pushed back by the claim time, so no other sender takes
-# it meanwhile, and a sender that dies leaves it due again once the claim runs out.
-# ARGV: P, now, claim until, most events -> flat list of {member, attempts so far, frozen body or '', url or ''}
-_CLAIM_EVENTS = _PRELUDE + """
-local due = redis.call('ZRANGEBYSCORE', P .. 'webhooks', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
-local claimed = {}
-for _, member in ipairs(due) do
-  redis.call('ZADD', P .. 'webhooks', ARGV[3], member)
-  local bar = string.find(member, '|', 1, true)
-  local id, event = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
-  local state = redis.call('HMGET', job_key(id) .. ':event:' .. event, 'attempts', 'body')
-  claimed[#claimed + 1] = member
-  claimed[#claimed + 1] = state[1] or '0'
-  claimed[#claimed + 1] = state[2] or ''
-  claimed[#claimed + 1] = redis.call('HGET', job_key(id), 'webhook_url') or ''
-end
-return claimed
-"""
-
-# One delivery attempt: the event's next due time (or its removal), the job's webhook record, counters.
-# ARGV: P, id, event, attempt json, outcome, http status or '', delivered_at or '', error or '',
-#       deliveries kept, next due time or '' (done), body to keep for the retries or ''
-_RECORD_DELIVERY = _PRELUDE + """
-local id, event = ARGV[2], ARGV[3]
-local job = job_key(id)
-local state = job .. ':event:' .. event
-local member = id .. '|' .. event
-stat('webhook:' .. ARGV[5], 1)
-if redis.call('EXISTS', job) == 0 then
-  redis.call('ZREM', P .. 'webhooks', member)
-  redis.call('DEL', state)
-  return 0
-end
-if ARGV[10] == '' then redis.call('ZREM', P .. 'webhooks', member)
-else redis.call('ZADD', P .. 'webhooks', ARGV[10], member) end
-redis.call('HINCRBY', state, 'attempts', 1)
-if ARGV[11] ~= '' then redis.call('HSETNX', state, 'body', ARGV[11]) end
-redis.call('HINCRBY', job, 'webhook_attempts', 1)
-redis.call('HSET', job, 'webhook_last_status', ARGV[6], 'webhook_last_error', ARGV[8])
-if ARGV[7] ~= '' then redis.call('HSET', job, 'webhook_delivered_at', ARGV[7]) end
-redis.call('LPUSH', job .. ':deliveries', ARGV[4])
-redis.call('LTRIM', job .. ':deliveries', 0, tonumber(ARGV[9]) - 1)
-local ttl = redis.call('PTTL', job)
-if ttl > 0 then
-  redis.call('PEXPIRE', job .. ':deliveries', ttl)
-  redis.call('PEXPIRE', state, ttl)
-end
-return 1
-"""
-
-# ARGV: P, id, event, body -> keep the body an event will be sent with (the first one kept wins)
-_KEEP_EVENT_BODY = _PRELUDE + """
-local state = job_key(ARGV[2]) .. ':event:' .. ARGV[3]
-redis.call('HSETNX', state, 'body', ARGV[4])
-local ttl = redis.call('PTTL', job_key(ARGV[2]))
-if ttl > 0 then redis.call('PEXPIRE', state, ttl) end
-return 1
-"""
-
-# --- the record as stored and as shown ----------------------------------------------------------------
-
-def iso(epoch: str | float | None) -> str | None:
-    if epoch in (None, ""):
-        return None
-    moment = datetime.fromtimestamp(float(epoch), tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _loads(text: str | None, default: Any = None) -> Any:
-    return json.loads(text) if text else default
-
-
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return round(float(end) - float(start), 3)
-
-
-def _progress(fields: dict[str, str]) -> dict[str, Any]:
-    status = fields["status"]
-    stored = _loads(fields.get("progress")) or {}
-    if status in TERMINAL:
-        phase = "done"
-    elif status == "queued":
-        phase = "queued"
-    else:
-        phase = stored.get("phase", "training")
-    step, total = int(stored.get("step", 0)), int(stored.get("total_steps", 0))
-    if status == "succeeded":
-        fraction = 1.0
-    elif total > 0 and status == "running":
-        fraction = round(min(step / total, 1.0), 4)
-    else:
-        fraction = 0.0
-    progress = {"phase": phase, "step": step, "total_steps": total, "fraction": fraction}
-    if stored.get("loss") is not None:
-        progress["loss"] = stored["loss"]
-    return progress
-
-
-def public_job(fields: dict[str, str], deliveries: list[str] | None = None) -> dict[str, Any]:
-    """The job as clients and webhooks see it (CONTRACT.md section 4): no owner, no token, no secret."""
-    job_id = fields["id"]
-    created, started, finished = fields.get("created_at"), fields.get("started_at"), fields.get("finished_at")
-    metrics = {
-        "queue_seconds": _seconds_between(created, started),
-        "run_seconds": _seconds_between(started, finished),
-        "train_steps": int(fields["train_steps"]) if fields.get("train_steps") else None,
-        "device": fields.get("device") or None,
-        # UPSCALER_PACK_JOBS > 1: how many jobs trained together, this one included; null when it ran alone
-        "packed_with": int(fields["packed_with"]) if fields.get("packed_with") else None,
-    }
-    last_status = fields.get("webhook_last_status")
-    return {
-        "id": job_id,
-        "status": fields["status"],
-        "created_at": iso(created),
-        "started_at": iso(started),
-        "finished_at": iso(finished),
-        "params": _loads(fields.get("params"), {}),
-        "input": _loads(fields.get("input"), {}),
-        "output": _loads(fields.get("output")),
-        "progress": _progress(fields),
-        "error": _loads(fields.get("error")),
-        "metrics": metrics,
-        "kernel": _loads(fields.get("kernel")),  # the estimated blur kernel (worker/runs.py kernel_record), or null
-        "webhook": {
-            "url": fields.get("webhook_url") or None,
-            "attempts": int(fields.get("webhook_attempts") or 0),
-            "last_status": int(last_status) if last_status else None,
-            "last_error": fields.get("webhook_last_error") or None,
-            "delivered_at": iso(fields.get("webhook_delivered_at")),
-            "deliveries": [json.loads(item) for item in deliveries or []],
-        },
-        "cancel_requested": fields.get("cancel_requested") == "1",
-        "urls": {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result",
-                 "cancel": f"/v1/jobs/{job_id}/cancel"},
-    }
-
-
 @dataclass(frozen=True)
 class Lookup:
     """What a read of one job found: the record, or a tombstone (expired), or nothing."""
@@ -523,17 +102,6 @@ class Lookup:
         return self.fields is None and self.tomb_owner == owner
 
 
-def new_job_fields(job_id: str, owner: str, *, params: dict, input_info: dict, output_info: dict, queue: str,
-                   webhook_url: str | None, ttl: int, now: float) -> dict[str, str]:
-    fields = {"id": job_id, "owner": owner, "status": "queued", "created_at": f"{now:.6f}",
-              "params": json.dumps(params), "input": json.dumps(input_info), "output": json.dumps(output_info),
-              "queue": queue,
-              "ttl": str(ttl), "runs": "0"}
-    if webhook_url:
-        fields["webhook_url"] = webhook_url
-    return fields
-
-
 def seconds_bucket(seconds: float) -> str:
     """The `le` label of the first histogram bucket that holds `seconds`."""
     for bound in SECONDS_BUCKETS:
@@ -542,7 +110,6 @@ def seconds_bucket(seconds: float) -> str:
     return "+Inf"
 
 
-Message = tuple[str, str]  # (the queue's Redis list, a run_job message): worker.celery_app.run_job_message
 
 
 def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int, max_active: int,
@@ -552,6 +119,10 @@ def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: 
     return [PREFIX, fields["id"], int(fields["ttl"]), tombstone_seconds, fields["owner"], created_us, input_bytes,
             max_active, fields["created_at"], *(message or ("", "")), *([rate.key, *rate.args] if rate else ("", 0, 0)),
             json.dumps(fields)]
+
+
+def _register(client: redis.Redis | aioredis.Redis, name: str):
+    return client.register_script(scripts.source(name))
 
 
 class Creation(NamedTuple):
@@ -585,7 +156,7 @@ def _connection_retry() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """One key's request-rate limit (GCRA, see _RATE_LIMIT)."""
+    """One key's request-rate limit (GCRA, jobs/lua/gcra.lua)."""
     owner: str
     per_second: float
     burst: int
@@ -621,12 +192,12 @@ class JobStore:
         self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
                                           **_connection_retry())
         self.tombstone_seconds = tombstone_seconds
-        script = self.redis.register_script
-        self._create, self._begin, self._renew = script(_CREATE), script(_BEGIN_RUN), script(_RENEW_LEASE)
-        self._set_field, self._save_checkpoint = script(_SET_RUN_FIELD), script(_SAVE_CHECKPOINT)
-        self._finish, self._release, self._requeue = script(_FINISH), script(_RELEASE), script(_REQUEUE_LAPSED)
-        self._cancel, self._record, self._claim = script(_CANCEL), script(_RECORD_DELIVERY), script(_CLAIM_EVENTS)
-        self._keep_body, self._resend = script(_KEEP_EVENT_BODY), script(_RESEND)
+        script = functools.partial(_register, self.redis)
+        self._create, self._begin, self._renew = script("create"), script("begin_run"), script("renew_lease")
+        self._set_field, self._save_checkpoint = script("set_run_field"), script("save_checkpoint")
+        self._finish, self._release, self._requeue = script("finish"), script("release"), script("requeue_lapsed")
+        self._cancel, self._record, self._claim = script("cancel"), script("record_delivery"), script("claim_events")
+        self._keep_body, self._resend = script("keep_event_body"), script("resend")
 
     def close(self) -> None:
         self.redis.close()
@@ -690,7 +261,7 @@ class JobStore:
         return _text(final), bool(changed)
 
     def release(self, job_id: str, token: str, message: Message) -> str:
-        """Hand a running job back to the queue, with `message`; see _RELEASE."""
+        """Hand a running job back to the queue, with `message`; see jobs/lua/release.lua."""
         return _text(self._release(args=[PREFIX, job_id, token, _now(), *message])) or ""
 
     def cancel(self, job_id: str) -> str:
@@ -713,7 +284,7 @@ class JobStore:
         return [(job_id, _text(found[2 * i + 1]) or "") for i, job_id in enumerate(ids) if not found[2 * i]]
 
     def requeue_if_lapsed(self, job_id: str, *, max_lapsed_runs: int, message: Message) -> str:
-        """Put a running job whose lease lapsed back in the queue with `message` (see _REQUEUE_LAPSED)."""
+        """Put a running job whose lease lapsed back in the queue with `message` (see jobs/lua/requeue_lapsed.lua)."""
         error = json.dumps({"code": "worker_lost", "message": f"the worker running the job stopped answering "
                                                               f"{max_lapsed_runs} times; it is not retried again"})
         outcome, _ = self._requeue(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds,
@@ -721,7 +292,7 @@ class JobStore:
         return _text(outcome)
 
     def resend(self, job_id: str, message: Message) -> bool:
-        """Push another message for a job that is still queued (see _RESEND)."""
+        """Push another message for a job that is still queued (see jobs/lua/resend.lua)."""
         return bool(self._resend(args=[PREFIX, job_id, _now(), *message]))
 
     def queued_since(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
@@ -811,9 +382,7 @@ class AsyncJobStore:
         self.redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
                                              max_connections=256)
         self.tombstone_seconds = tombstone_seconds
-        self._create = self.redis.register_script(_CREATE)
-        self._cancel = self.redis.register_script(_CANCEL)
-        self._rate = self.redis.register_script(_RATE_LIMIT)
+        self._create, self._cancel, self._rate = (_register(self.redis, name) for name in ("create", "cancel", "rate_limit"))
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -934,5 +503,5 @@ def histogram_from_stats(stats: dict[str, str], metric: str) -> dict[str, tuple[
     return result
 
 
-__all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "RateLimit", "BeginResult", "ClaimedEvent", "public_job",
-           "new_job_fields", "new_job_id", "is_job_id", "TERMINAL", "ACTIVE", "STATUSES", "histogram_from_stats"]
+__all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "RateLimit", "BeginResult", "ClaimedEvent", "Creation",
+           "histogram_from_stats"]

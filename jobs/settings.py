@@ -1,6 +1,6 @@
 """The one settings class shared by the API and the workers (environment variables, CONTRACT.md section 3).
 
-`api` imports `worker`, never the reverse, so the settings live here. Every variable is read from the
+Both `api` and `worker` import `jobs`, never the reverse. Every variable is read from the
 environment with the `UPSCALER_` prefix, except `REDIS_URL`. Secrets are `SecretStr`, so they never
 show up in a repr, a log line or an error message.
 """
@@ -14,18 +14,6 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-QUEUES = ("gpu", "light")  # gpu: ZSSR training; light: bicubic jobs and webhook deliveries
-METHOD_QUEUE = {"zssr": "gpu", "bicubic": "light"}
-# The scales KernelGAN estimates a kernel for (sr.kernelgan.SUPPORTED_SF, the same on both axes): repeated here so
-# that the API refuses kernel=estimate at another scale without importing the core (tests/worker checks they agree).
-KERNEL_ESTIMATION_SCALES = (2.0, 4.0)
-# The smallest side (of the image, or of its crop region) KernelGAN can estimate a kernel on: its generator's 13x13
-# kernel and its discriminator's 7x7 field, twice each (sr/kernelgan.py; tests/worker checks they agree).
-KERNEL_ESTIMATION_MIN_SIDE = 40
-# The exit status of a worker whose watchdog ended a stuck run (worker/runs.py): `python -m worker` restarts it.
-EXIT_STUCK_RUN = 75
-EXIT_DEVICE_FAILED = 3  # a gpu-queue worker whose warm-up job failed (its device, or the overrides)
 
 
 class UnsafeSettings(ValueError):

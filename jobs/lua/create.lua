@@ -1,0 +1,43 @@
+-- Record a queued job, store its input and push its run_job message, in one step.
+-- bucket, interval, burst: the owner's rate ('', 0, 0: the request is not counted here); queue_list and
+-- message '' and '': record only, send nothing; record: the job's fields as one JSON object of strings
+-- (one argument: redis-py encodes each argument in Python, about a microsecond apiece, and a record has
+-- some twenty).
+-- -> {'created', 0}, or nothing written and {'rate_limited', ms to wait} or {'too_many_jobs', 0} (the owner
+--    already has the most unfinished jobs allowed)
+local _, id, ttl, tomb_ttl, owner, created_us, input, max_active, now, queue_list, message,
+      bucket, interval, burst, record = unpack(ARGV)
+ttl, max_active = tonumber(ttl), tonumber(max_active)
+if bucket ~= '' then  -- the submission is counted against its key's rate in this round trip
+  local allowed, wait = take_request(bucket, tonumber(interval), tonumber(burst))
+  if allowed == 0 then return {'rate_limited', wait} end
+end
+local active = P .. 'owner:' .. owner .. ':active'
+if max_active > 0 and redis.call('SCARD', active) >= max_active then
+  -- forget ids whose job ended or expired without passing through close_job, then count again
+  for _, other in ipairs(redis.call('SMEMBERS', active)) do
+    local status = redis.call('HGET', job_key(other), 'status')
+    if status ~= 'queued' and status ~= 'running' then redis.call('SREM', active, other) end
+  end
+  if redis.call('SCARD', active) >= max_active then return {'too_many_jobs', 0} end
+end
+local job = job_key(id)
+local fields = {}
+for name, value in pairs(cjson.decode(record)) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+redis.call('HSET', job, unpack(fields))
+redis.call('EXPIRE', job, ttl)
+redis.call('SET', job .. ':input', input, 'EX', ttl)
+redis.call('SET', P .. 'tomb:' .. id, owner, 'EX', ttl + tonumber(tomb_ttl))
+local index = P .. 'owner:' .. owner .. ':jobs'
+redis.call('ZADD', index, tonumber(created_us), id)
+if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
+redis.call('SADD', active, id)
+if redis.call('TTL', active) < ttl then redis.call('EXPIRE', active, ttl) end
+redis.call('ZADD', P .. 'queued', now, id)
+if queue_list ~= '' then redis.call('LPUSH', queue_list, message) end
+stat('active:queued', 1)
+stat('total:queued', 1)
+return {'created', 0}
