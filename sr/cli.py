@@ -300,8 +300,6 @@ def _config(path: Path | None, preset: str):
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(overrides, dict):
         raise UsageError(f"{path}: the config must be a JSON object of ZSSRConfig fields")
-    if not hasattr(sr, "config_for"):
-        raise UsageError("config files need the ZSSR core, which this build of sr does not have yet")
     return sr.config_for(preset, overrides)
 
 

@@ -4,7 +4,6 @@ Kept out of `worker.tasks` so a task reads as: load, call sr, save, report.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -14,15 +13,16 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from PIL import Image
+
 import sr
+from sr.config import MIN_INFERENCE_MEMORY_MB
 from jobs.images import ImageRejected
 from jobs.settings import Settings
 from jobs.store import JobStore
 from worker.exits import EXIT_STUCK_RUN
 
 log = logging.getLogger(__name__)
-# The ZSSR core saves its training state through `checkpoint=` and resumes from `resume=` (when it has them).
-SR_CHECKPOINTS = {"checkpoint", "resume"} <= set(inspect.signature(sr.upscale).parameters)
 
 # Set by Celery's `worker_shutting_down` signal: running jobs stop between steps and are handed back.
 shutting_down = threading.Event()
@@ -194,33 +194,26 @@ def failure_for(exc: BaseException) -> dict[str, str]:
     return {"code": "internal_error", "message": f"{type(exc).__name__} while running the job"}
 
 
-PRESETS = ("fast", "balanced", "paper")
-
-
 def overrides_for(overrides: dict[str, Any], preset: str) -> dict[str, Any]:
     """UPSCALER_ZSSR_OVERRIDES is either one object for every preset, or an object keyed by preset name."""
-    if overrides and all(key in PRESETS for key in overrides):
+    if overrides and all(key in sr.PRESETS for key in overrides):
         return dict(overrides.get(preset) or {})
     return dict(overrides)
 
 
-def zssr_config(settings: Settings, preset: str) -> Any:
+def zssr_config(settings: Settings, preset: str) -> sr.ZSSRConfig | None:
     """The ZSSR config with UPSCALER_ZSSR_OVERRIDES applied over the preset; None = the preset as it is."""
     overrides = overrides_for(settings.zssr_overrides, preset)
     if not overrides:
         return None
-    build = getattr(sr, "config_for", None)
-    if build is None:
-        raise NotImplementedError("UPSCALER_ZSSR_OVERRIDES needs sr.config_for, which this sr core lacks")
-    return build(preset, overrides)
+    return sr.config_for(preset, overrides)
 
 
 OOM_RETRIES = 3  # CUDA out of memory: retries with half the inference tile memory each time, then fail
-MIN_INFERENCE_MEMORY_MB = 16  # sr's own lower bound for `inference_memory_mb`
 
 
-def upscale_job(image: Any, params: dict[str, Any], settings: Settings, control: RunControl,
-                resume: bytes | None) -> Any:
+def upscale_job(image: Image.Image, params: dict[str, Any], settings: Settings, control: RunControl,
+                resume: bytes | None) -> Image.Image:
     """`sr.upscale` for one job, with the run's callbacks.
 
     A ZSSR run resumes from `resume` (the last checkpoint of an earlier run of the job); if sr refuses that
@@ -231,7 +224,7 @@ def upscale_job(image: Any, params: dict[str, Any], settings: Settings, control:
     config = zssr_config(settings, params["preset"]) if zssr else None
     retries = 0
     while True:
-        hooks = {"checkpoint": control.save_checkpoint, "resume": resume} if zssr and SR_CHECKPOINTS else {}
+        hooks = {"checkpoint": control.save_checkpoint, "resume": resume} if zssr else {}
         try:
             return sr.upscale(image, params["scale"], method=params["method"], preset=params["preset"],
                               kernel=params["kernel"], denoise=params.get("denoise", "off"), config=config,
@@ -269,7 +262,7 @@ def warm_up_device(settings: Settings) -> dict[str, float] | None:
     return sr.warm_up(str(device), configs)
 
 
-def smaller_tiles(config: Any, settings: Settings, preset: str) -> Any:
+def smaller_tiles(config: sr.ZSSRConfig, settings: Settings, preset: str) -> sr.ZSSRConfig | None:
     """The same config with half the inference tile memory; None when it is at sr's minimum already."""
     if config.inference_memory_mb <= MIN_INFERENCE_MEMORY_MB:
         return None
@@ -288,7 +281,7 @@ def _release_cuda_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def sr_metrics(output: Any) -> dict[str, str]:
+def sr_metrics(output: Image.Image) -> dict[str, str]:
     """The job fields the core reports in the output's info["sr"]: train_steps, device, the blur kernel (JSON)."""
     info = getattr(output, "info", {}).get("sr") or {}
     found = {}

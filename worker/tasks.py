@@ -27,7 +27,7 @@ from worker.celery_app import app
 from worker.outbox import WebhookSender
 from worker.packing import Packer
 from worker.reaper import Reaper
-from worker.runs import (SR_CHECKPOINTS, Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics,
+from worker.runs import (Heartbeat, RunControl, failure_for, keep_lease, shutting_down, sr_metrics,
                          upscale_job)
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def run_job(self, job_id: str) -> None:
 
 def _checkpoint_to_resume(job_id: str, params: dict, control: RunControl) -> bytes | None:
     """The training state an earlier run of this job saved (a run killed, handed back or lapsed), if any."""
-    if params["method"] != "zssr" or not SR_CHECKPOINTS:
+    if params["method"] != "zssr":
         return None
     resume = store.load_checkpoint(job_id)
     if resume is not None:

@@ -3,19 +3,16 @@ redis-server, a `python -m worker` process and the API under uvicorn. Screenshot
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 import httpx
 import pytest
 from PIL import Image
 
-import sr
 from tests.browser.conftest import PHONE
 from tests.e2e.helpers import photo_bytes
 
 pytestmark = pytest.mark.browser
-ZSSR_CORE = hasattr(sr, "config_for")  # the ZSSR core (issue 2) has landed
 PHOTO_BOX = (160, 40, 288, 136)  # a 128x96 crop of scikit-image's astronaut photo
 
 
@@ -200,7 +197,6 @@ def test_keyboard_only_on_a_phone_sized_window_with_an_api_key(demo_server, open
     page.screenshot(path=str(artifacts / "demo-phone-finished.png"), full_page=True)
 
 
-@pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
 def test_a_zssr_job_shows_training_progress_and_a_comparison_with_bicubic(demo_server, open_browser, artifacts,
                                                                           tmp_path):
     base = demo_server()
@@ -248,7 +244,6 @@ def test_the_page_reconnects_with_last_event_id_when_the_stream_drops_and_still_
     assert natural_size(page, "#after-img") == (128, 96)
 
 
-@pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
 def test_a_training_job_is_canceled_from_the_keyboard(demo_server, open_browser):
     base = demo_server()
     page = page_with_small_photo(open_browser, base)
@@ -261,7 +256,6 @@ def test_a_training_job_is_canceled_from_the_keyboard(demo_server, open_browser)
     assert page.locator("#result-card").is_hidden() and page.is_enabled("#submit")
 
 
-@pytest.mark.skipif(not ZSSR_CORE, reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed")
 def test_an_estimated_blur_kernel_is_drawn_as_a_small_grey_image(demo_server, open_browser, artifacts):
     base = demo_server()
     page = page_with_small_photo(open_browser, base)

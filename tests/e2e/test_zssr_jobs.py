@@ -13,13 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import sr
 from tests.e2e.helpers import photo_bytes, submit, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"),
-                                reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed yet")
-
 
 def test_a_real_photo_goes_queued_running_succeeded_with_rising_progress(client, store):
     job = submit(client, photo_bytes(), method="zssr", preset="fast", scale=2)

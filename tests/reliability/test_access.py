@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from api.deps import owner_of
-from api.routes.jobs import SMALL_SUBMISSION_BYTES
+from api.submission import SMALL_SUBMISSION_BYTES
 from tests.e2e.helpers import WEBHOOK_SECRET, png_bytes, submit
 from tests.reliability.cluster import wait_until
 from tests.reliability.receivers import Receiver

@@ -17,7 +17,6 @@ import sr
 from worker.runs import MIN_INFERENCE_MEMORY_MB, RunControl, is_cuda_out_of_memory, smaller_tiles, upscale_job
 from jobs.settings import Settings
 
-pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"), reason="the ZSSR core has not landed yet")
 
 
 def test_each_retry_halves_the_inference_tile_memory_down_to_srs_minimum():

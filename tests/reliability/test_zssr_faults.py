@@ -12,16 +12,12 @@ import signal
 
 import pytest
 
-import sr
 from tests.e2e.helpers import photo_bytes, submit, wait_for
 from tests.reliability.cluster import Cluster, wait_until
 from tests.reliability.receivers import Receiver
 from tests.reliability.test_worker_faults import (HOOK_SEED, assert_one_terminal_webhook,
                                                   assert_served_result_is_the_stored_one, pausing)
 from jobs.store import JobKeys
-
-pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"),
-                                reason="the ZSSR core (sr.config_for, sr.upscale(method='zssr')) has not landed yet")
 
 # About 150 training steps with a checkpoint every 25, then an 8-pass ensemble: on the 2-core VM about 0.3 s of
 # training and 0.1 s of inference. The self-check is off, so the inference always runs (a net this brief loses

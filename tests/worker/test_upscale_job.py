@@ -12,7 +12,6 @@ import sr
 from worker.runs import RunControl, upscale_job
 from jobs.settings import Settings
 
-pytestmark = pytest.mark.skipif(not hasattr(sr, "config_for"), reason="the ZSSR core has not landed yet")
 TINY = {"fast": {"max_iters": 4, "min_iters": 4, "crop_size": 16, "width": 8, "depth": 3, "run_test_every": 2,
                  "back_projection_iters": [1], "output_flip": False, "threads": 1}}
 
