@@ -2,7 +2,7 @@
 
 The workers consume these with Celery (worker/celery_app.py), but the API builds them here without a Celery
 app: a run_job message is Celery's task protocol 2 message in kombu's Redis envelope, and only its ids and body
-differ from one job to the next. tests/worker/test_run_job_message.py holds every message built here equal to
+differ from one job to the next. tests/jobs/test_run_job_message.py holds every message built here equal to
 the one Celery itself builds for the same ids, so a Celery upgrade that changes the shape fails there first.
 """
 from __future__ import annotations

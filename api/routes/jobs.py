@@ -39,17 +39,17 @@ def _submission_openapi() -> dict[str, Any]:
     }}}
 
 
-def job_response(job: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The job as JSON; `Retry-After` tells pollers when to look again while it is not finished."""
-    headers = dict(headers or {})
+def answer_job(job: dict[str, Any], response: Response) -> dict[str, Any]:
+    """The job, which FastAPI validates against the route's response_model (JobPublic) and renders; `Retry-After`
+    tells pollers when to look again while it is not finished."""
     if job["status"] not in TERMINAL:
-        headers["Retry-After"] = POLL_RETRY_AFTER_SECONDS
-    return JSONResponse(job, status_code=status_code, headers=headers)
+        response.headers["Retry-After"] = POLL_RETRY_AFTER_SECONDS
+    return job
 
 
 @router.post("", status_code=202, response_model=JobPublic, openapi_extra=_submission_openapi(),
              responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)}})
-async def create_job(request: Request, caller: SubmittingKey) -> JSONResponse:
+async def create_job(request: Request, response: Response, caller: SubmittingKey) -> dict[str, Any]:
     """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
     settings, store = caller.settings, caller.store
     count = SubmissionCount(caller)
@@ -78,21 +78,22 @@ async def create_job(request: Request, caller: SubmittingKey) -> JSONResponse:
         raise ApiError(429, "too_many_jobs", f"this key has {settings.max_active_jobs_per_key} unfinished jobs, "
                                              "the most allowed; wait for some to finish",
                        {"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_SECONDS)})
-    return job_response(public_job(fields), 202, {"Location": f"/v1/jobs/{job_id}"})
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return answer_job(public_job(fields), response)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
 async def list_jobs(caller: CurrentKey, status: Status | None = None,
-                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JSONResponse:
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
     """The caller's jobs, newest first, optionally only those in one status."""
     jobs = await caller.store.list_for(caller.owner, status=status, limit=limit)
-    return JSONResponse({"jobs": jobs, "count": len(jobs)})
+    return {"jobs": jobs, "count": len(jobs)}
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={**_ERRORS, 410: {"model": ErrorBody}})
-async def read_job(job: JobDep) -> JSONResponse:
+async def read_job(job: JobDep, response: Response) -> dict[str, Any]:
     """The job; while it is not finished, `Retry-After` says when to poll again."""
-    return job_response(public_job(job.fields, job.deliveries))
+    return answer_job(public_job(job.fields, job.deliveries), response)
 
 
 @router.get("/{job_id}/result", responses={
@@ -122,7 +123,7 @@ async def read_job_result(job: JobDep, store: StoreDep,
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
              responses={**_ERRORS, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
-async def cancel_job(job: JobDep, store: StoreDep) -> JSONResponse:
+async def cancel_job(job: JobDep, store: StoreDep, response: Response) -> dict[str, Any]:
     """Cancel: a queued job never starts; a running job stops between training steps. 409 once finished."""
     outcome = await store.cancel(job.id)
     if outcome not in ("canceled_now", "requested"):
@@ -131,4 +132,4 @@ async def cancel_job(job: JobDep, store: StoreDep) -> JSONResponse:
     found = await store.lookup(job.id)
     if found.fields is None:
         raise ApiError(410, "job_expired", "the job expired")
-    return job_response(public_job(found.fields, found.deliveries), 202)  # the store scheduled job.canceled
+    return answer_job(public_job(found.fields, found.deliveries), response)  # the store scheduled job.canceled
