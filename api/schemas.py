@@ -63,8 +63,17 @@ class JobCreate(BaseModel):
 
 
 class JobCreateJSON(JobCreate):
-    """`POST /v1/jobs` with `Content-Type: application/json`."""
-    image_base64: str = Field(description="the image file, base64-encoded (a data: URL prefix is accepted)")
+    """`POST /v1/jobs` with `Content-Type: application/json`: the image as `image_base64` or `image_url`."""
+    image_base64: str | None = Field(None, description="the image file, base64-encoded (a data: URL prefix is "
+                                                       "accepted)")
+    image_url: str | None = Field(None, max_length=2048, description="an http(s) address the service fetches the "
+                                                                     "image from, instead of image_base64")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> JobCreateJSON:
+        if (self.image_base64 is None) == (self.image_url is None):
+            raise ValueError("send the image as image_base64 or its address as image_url (one of the two)")
+        return self
 
 
 class JobParams(BaseModel):

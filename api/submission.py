@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from api.deps import Caller
 from api.errors import ApiError
+from api.image_url import fetch_image
 from api.multipart import FileTooLarge, MultipartError, read_form
 from api.schemas import Crop, JobCreate, JobCreateJSON
 from jobs.images import MIN_SIDE, ImageInfo, ImageRejected, check_pixels, open_image, output_size
@@ -39,17 +40,32 @@ INLINE_DECODE_PIXELS = 256 * 256
 # whole by the form reader (api/multipart.py).
 SMALL_SUBMISSION_BYTES = 64 * 1024
 
-async def read_submission(request: Request, settings: Settings) -> tuple[JobCreate, bytes]:
-    """The parameters and image bytes of a submission, multipart or JSON (the body limit is already enforced)."""
+@dataclass(frozen=True)
+class Upload:
+    """A submission as read from its body: the parameters, and the image's bytes or the URL to fetch it from."""
+    params: JobCreate
+    image: bytes | None
+    image_url: str | None
+
+
+async def read_submission(request: Request, settings: Settings) -> Upload:
+    """The parameters and the image (bytes or URL) of a submission, multipart or JSON (the body limit is already
+    enforced)."""
     content_type = request.headers.get("content-type", "").lower()
     try:
         if content_type.startswith("multipart/form-data"):
             form = await read_form(request, max_files=1, max_fields=16, max_field_bytes=64 * 1024,
                                    max_file_bytes=settings.max_upload_bytes, small_body_bytes=SMALL_SUBMISSION_BYTES)
-            image = form.get("image")
+            image, image_url = form.get("image"), form.get("image_url")
             if not isinstance(image, bytes):
-                raise ApiError(422, "missing_image", "send the image as the multipart file field 'image'")
-            params = JobCreate.model_validate({key: value for key, value in form.parts if key != "image"})
+                image = None
+            if not isinstance(image_url, str) or not image_url.strip():
+                image_url = None
+            if (image is None) == (image_url is None):
+                raise ApiError(422, "missing_image", "send the image as the multipart file field 'image', or its "
+                                                     "address as the field 'image_url' (one of the two)")
+            params = JobCreate.model_validate({key: value for key, value in form.parts
+                                               if key not in ("image", "image_url")})
         elif content_type.startswith("application/json"):
             try:
                 document = json.loads(await request.body())
@@ -57,12 +73,13 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
                 raise ApiError(422, "invalid_json", "the body is not valid JSON") from None
             if not isinstance(document, dict):
                 raise ApiError(422, "invalid_json", "the body must be a JSON object")
-            params = JobCreateJSON.model_validate(document)
-            image = _decode_base64(params.image_base64)
-            params = JobCreate.model_validate(params.model_dump(exclude={"image_base64"}))
+            sent = JobCreateJSON.model_validate(document)
+            image = _decode_base64(sent.image_base64) if sent.image_base64 is not None else None
+            image_url = sent.image_url
+            params = JobCreate.model_validate(sent.model_dump(exclude={"image_base64", "image_url"}))
         else:
-            raise ApiError(415, "unsupported_media_type",
-                           "send multipart/form-data (file field 'image') or application/json (image_base64)")
+            raise ApiError(415, "unsupported_media_type", "send multipart/form-data (file field 'image') or "
+                                                          "application/json (image_base64 or image_url)")
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     except MultipartError as exc:
@@ -70,9 +87,9 @@ async def read_submission(request: Request, settings: Settings) -> tuple[JobCrea
     except FileTooLarge:
         # refused mid-body: the connection closes rather than read the rest (as api/limits.py's refusal does)
         raise image_too_large(settings, {"Connection": "close"}) from None
-    if len(image) > settings.max_upload_bytes:
+    if image is not None and len(image) > settings.max_upload_bytes:
         raise image_too_large(settings)
-    return params, image
+    return Upload(params, image, image_url)
 
 
 def image_too_large(settings: Settings, headers: dict[str, str] | None = None) -> ApiError:
@@ -170,12 +187,14 @@ class Submission:
     output: tuple[int, int]  # width, height
 
 
-async def checked_submission(request: Request, settings: Settings, count: SubmissionCount) -> Submission:
-    """The submission, checked as far as it can be before its job is recorded; ApiError (4xx) if it is refused."""
-    if not small_body(request):
-        await count.now()
-    params, image = await read_submission(request, settings)
+async def checked_submission(upload: Upload, settings: Settings, count: SubmissionCount) -> Submission:
+    """The submission, checked as far as it can be before its job is recorded (an image_url fetched first);
+    ApiError (4xx) if it is refused."""
+    params, image = upload.params, upload.image
     check_kernel_scale(params)
+    if image is None:
+        await count.now()  # a fetch is the costliest check of all
+        image = await fetch_image(upload.image_url, settings)
     info = await inspect_upload(image, settings, count)
     if params.crop:
         check_crop(params.crop, info.width, info.height)

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     max_output_pixels: int = Field(4096 * 4096, gt=0)  # width * height of the upscaled image
     job_ttl_seconds: int = Field(24 * 3600, gt=0)  # a job, its input and result live this long after the last change
     tombstone_seconds: int = Field(7 * 24 * 3600, ge=0)  # how long after expiry an id still answers 410, not 404
-    webhook_allow_private: bool = False
+    webhook_allow_private: bool = False  # also the rule for image_url fetches
+    image_url_timeout_seconds: float = Field(15.0, gt=0)  # the whole fetch of an image_url, redirects included
     device: str | None = None  # "cpu" | "cuda" | "cuda:1"; unset = CUDA when available
     # JSON object applied over every ZSSR preset (e.g. {"max_iters": 400}), or keyed by preset
     # ({"paper": {"max_iters": 1000}}): how tests and operators shrink training budgets (sr.config_for).

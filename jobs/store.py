@@ -53,6 +53,7 @@ RUNNING_KEY = PREFIX + "running"
 OUTBOX_KEY = PREFIX + "webhooks"
 MAX_DELIVERIES_KEPT = 20
 DEFAULT_TTL_SECONDS = 24 * 3600  # only for a record without its own `ttl` field
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # an Idempotency-Key names its job this long (docs/http-api.md)
 # Histogram buckets (seconds) of job queue and run time; bicubic jobs take milliseconds, ZSSR minutes.
 SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -112,13 +113,28 @@ def seconds_bucket(seconds: float) -> str:
 
 
 
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """A submission's hold on its Idempotency-Key (jobs/lua/idempotency_claim.lua): the key's record, this
+    request's token, and the fingerprint of its body."""
+    record: str
+    token: str
+    fingerprint: str
+
+
+def idempotency_record_key(owner: str, key_digest: str) -> str:
+    return f"{PREFIX}idem:{owner}:{key_digest}"
+
+
 def _create_call(fields: dict[str, str], input_bytes: bytes, tombstone_seconds: int, max_active: int,
-                 message: Message | None, rate: RateLimit | None = None) -> list:
+                 message: Message | None, rate: RateLimit | None = None,
+                 claim: IdempotencyClaim | None = None) -> list:
     """The arguments of the create script (shared by both stores)."""
     created_us = int(float(fields["created_at"]) * 1_000_000)  # exact in a double; orders same-ms submissions
     return [PREFIX, fields["id"], int(fields["ttl"]), tombstone_seconds, fields["owner"], created_us, input_bytes,
             max_active, fields["created_at"], *(message or ("", "")), *([rate.key, *rate.args] if rate else ("", 0, 0)),
-            json.dumps(fields)]
+            json.dumps(fields),
+            *((claim.record, claim.token, claim.fingerprint, IDEMPOTENCY_TTL_SECONDS) if claim else ("", "", "", 0))]
 
 
 def _register(client: redis.Redis | aioredis.Redis, name: str):
@@ -126,13 +142,16 @@ def _register(client: redis.Redis | aioredis.Redis, name: str):
 
 
 class Creation(NamedTuple):
-    outcome: str  # 'created', or why nothing was written: 'rate_limited' or 'too_many_jobs'
+    outcome: str  # 'created', or why nothing was written: 'rate_limited', 'too_many_jobs', 'replay', 'in_use'
     rate_wait: float  # with 'rate_limited': the seconds before the key's next request is allowed
+    replay_of: str | None = None  # with 'replay': the job its Idempotency-Key made
 
 
 def _creation(reply: list) -> Creation:
-    outcome, wait_ms = reply
-    return Creation(_text(outcome), int(wait_ms) / 1000)
+    outcome, detail = _text(reply[0]), reply[1]
+    if outcome == "replay":
+        return Creation(outcome, 0.0, _text(detail))
+    return Creation(outcome, int(detail) / 1000)
 
 
 def _decode(mapping: dict) -> dict[str, str]:
@@ -383,6 +402,8 @@ class AsyncJobStore:
                                              max_connections=256)
         self.tombstone_seconds = tombstone_seconds
         self._create, self._cancel, self._rate = (_register(self.redis, name) for name in ("create", "cancel", "rate_limit"))
+        self._claim, self._release_claim = (_register(self.redis, name)
+                                            for name in ("idempotency_claim", "idempotency_release"))
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -392,17 +413,30 @@ class AsyncJobStore:
 
     async def warm_up(self, connections: int) -> None:
         """Load the scripts and open a few pooled connections before the first requests need them."""
-        for script in (self._create, self._cancel, self._rate):
+        for script in (self._create, self._cancel, self._rate, self._claim, self._release_claim):
             await self.redis.script_load(script.script)
         await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
 
     async def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0,
-                     message: Message | None = None, rate: RateLimit | None = None) -> Creation:
+                     message: Message | None = None, rate: RateLimit | None = None,
+                     claim: IdempotencyClaim | None = None) -> Creation:
         """Record a queued job and push its message, in one script. Nothing is written when its owner has
         `max_active` unfinished jobs, or when `rate` is given and the request is over it (the request is counted
-        against `rate` in the same round trip)."""
+        against `rate` in the same round trip). With `claim`, the job becomes its Idempotency-Key's, or, if the
+        key made a job meanwhile, nothing is written and the outcome is 'replay'."""
         return _creation(await self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active,
-                                                              message, rate)))
+                                                              message, rate, claim)))
+
+    async def claim_idempotency(self, claim: IdempotencyClaim, *, pending_seconds: float) -> tuple[str, str | None]:
+        """Hold an Idempotency-Key while its submission is checked: ('claimed', None), ('replay', job id),
+        ('reused', None) or ('in_use', None) (jobs/lua/idempotency_claim.lua)."""
+        outcome, job_id = await self._claim(keys=[claim.record], args=[claim.fingerprint, claim.token,
+                                                                       int(pending_seconds * 1000)])
+        return _text(outcome), _text(job_id) or None
+
+    async def release_idempotency(self, claim: IdempotencyClaim) -> None:
+        """Give the key back after the submission was refused (a corrected retry may use it)."""
+        await self._release_claim(keys=[claim.record], args=[claim.token])
 
     async def take_request(self, rate: RateLimit) -> float:
         """Count one request of `rate.owner`: 0.0 if allowed, else the seconds to wait before the next one."""
@@ -504,4 +538,5 @@ def histogram_from_stats(stats: dict[str, str], metric: str) -> dict[str, tuple[
 
 
 __all__ = ["JobStore", "AsyncJobStore", "JobKeys", "Lookup", "RateLimit", "BeginResult", "ClaimedEvent", "Creation",
+           "IdempotencyClaim", "idempotency_record_key",
            "histogram_from_stats"]

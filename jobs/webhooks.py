@@ -24,7 +24,7 @@ EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled")
 TERMINAL_EVENT = {"succeeded": "job.succeeded", "failed": "job.failed", "canceled": "job.canceled"}
 USER_AGENT = "zssr-upscaler-webhooks/1"
 # Metadata services that some clouds serve on addresses Python does not count as non-global.
-_METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+METADATA_ADDRESSES = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
 
 
 class TargetRefused(ValueError):
@@ -56,46 +56,49 @@ def event_body(event_type: str, job: dict[str, Any]) -> str:
                        or job.get("created_at"), "data": job}, separators=(",", ":"))
 
 
-def check_url_syntax(url: str) -> None:
-    """What can be checked without DNS: scheme, host, no credentials in the URL."""
+def check_url_syntax(url: str, field: str = "webhook_url") -> None:
+    """What can be checked without DNS: scheme, host, no credentials in the URL. `field` names the URL in errors
+    (the image_url fetch shares these rules)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise TargetRefused("webhook_url must be an http or https URL")
+        raise TargetRefused(f"{field} must be an http or https URL")
     if not parts.hostname:
-        raise TargetRefused("webhook_url has no host")
+        raise TargetRefused(f"{field} has no host")
     if parts.username or parts.password:
-        raise TargetRefused("webhook_url must not contain credentials")
+        raise TargetRefused(f"{field} must not contain credentials")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise TargetRefused("webhook_url has an invalid port") from None
+        raise TargetRefused(f"{field} has an invalid port") from None
 
 
 def is_refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return (not address.is_global) or address.is_multicast or address in _METADATA
+    return (not address.is_global) or address.is_multicast or address in METADATA_ADDRESSES
 
 
-def resolve_target(url: str, *, allow_private: bool) -> str:
+def resolve_target(url: str, *, allow_private: bool, field: str = "webhook_url") -> str:
     """Check `url` and return the IP address to connect to (raises TargetRefused)."""
-    check_url_syntax(url)
+    check_url_syntax(url, field)
+    noun = field.removesuffix("_url")
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise TargetRefused(f"webhook host {host!r} does not resolve") from None
+        raise TargetRefused(f"{noun} host {host!r} does not resolve") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if not allow_private:
         refused = [a for a in addresses if is_refused_address(a)]
         if refused:  # refuse if any answer is internal: the client could be steered to it
-            raise TargetRefused(f"webhook host {host!r} resolves to a non-public address ({refused[0]}); "
+            raise TargetRefused(f"{noun} host {host!r} resolves to a non-public address ({refused[0]}); "
                                 "set UPSCALER_WEBHOOK_ALLOW_PRIVATE=true to allow it")
     return str(addresses[0])
 
 
-def _pinned_url(url: str, address: str) -> str:
+def pinned_url(url: str, address: str) -> str:
+    """`url` with its host replaced by the checked address (the Host header and SNI keep the name)."""
     parts = urlsplit(url)
     host = f"[{address}]" if ":" in address else address
     netloc = f"{host}:{parts.port}" if parts.port else host
@@ -130,7 +133,7 @@ def deliver(url: str, *, message_id: str, body: str, key: bytes, allow_private: 
     hostname = urlsplit(url).hostname
     try:
         with httpx.Client(follow_redirects=False, trust_env=False, timeout=timeout) as client:
-            response = client.post(_pinned_url(url, address), content=payload, headers=headers,
+            response = client.post(pinned_url(url, address), content=payload, headers=headers,
                                    extensions={"sni_hostname": hostname})
     except httpx.TimeoutException:
         return Attempt(None, "timed out", False, True)

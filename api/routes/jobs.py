@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import CurrentKey, JobDep, StoreDep, SubmittingKey, refuse_if_limited
+from api import idempotency
+from api.deps import Caller, CurrentKey, JobDep, StoreDep, SubmittingKey, refuse_if_limited
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
-from api.submission import SubmissionCount, checked_submission
+from api.submission import SubmissionCount, checked_submission, read_submission, small_body
 from jobs.images import OUTPUT_FORMATS
 from jobs.queue import METHOD_QUEUE, run_job_message
 from jobs.record import TERMINAL, new_job_fields, new_job_id, public_job
@@ -29,11 +30,15 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 429)}
 def _submission_openapi() -> dict[str, Any]:
     form = JobCreate.model_json_schema()
     form["properties"] = {"image": {"type": "string", "format": "binary", "description": "the image file"},
+                          "image_url": {"type": "string", "maxLength": 2048,
+                                        "description": "instead of the file: an http(s) address to fetch it from"},
                           **form["properties"]}
     form["properties"]["crop"] = {"type": "string", "pattern": r"^\s*\d+\s*(,\s*\d+\s*){3}$", "example": "0,0,128,128",
                                   "description": "upscale only this region: x,y,w,h in input pixels"}
-    form["required"] = ["image"]
-    return {"requestBody": {"required": True, "content": {
+    return {"parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {
+                "type": "string", "minLength": 1, "maxLength": 255},
+                "description": "the same key and body within 24 h return the first job (Idempotent-Replayed: true)"}],
+            "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": form},
         "application/json": {"schema": JobCreateJSON.model_json_schema()},
     }}}
@@ -48,15 +53,29 @@ def answer_job(job: dict[str, Any], response: Response) -> dict[str, Any]:
 
 
 @router.post("", status_code=202, response_model=JobPublic, openapi_extra=_submission_openapi(),
-             responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)}})
+             responses={**_ERRORS, **{code: {"model": ErrorBody} for code in (400, 409, 410, 413, 415, 422, 503)}})
 async def create_job(request: Request, response: Response, caller: SubmittingKey) -> dict[str, Any]:
-    """Submit an image: multipart (`image` file + fields) or JSON (`image_base64` + fields). Answers 202 and the job."""
+    """Submit an image: multipart (`image` file or `image_url` + fields) or JSON (`image_base64` or `image_url` +
+    fields). Answers 202 and the job; with an `Idempotency-Key` already used for the same body, the first job."""
     settings, store = caller.settings, caller.store
     count = SubmissionCount(caller)
+    claim = None
     try:
-        submission = await checked_submission(request, settings, count)
+        key = idempotency.requested_key(request)
+        if not small_body(request):
+            await count.now()
+        upload = await read_submission(request, settings)
+        if key is not None:
+            await count.now()  # the claim is a round trip of its own: count the request before it
+            claim, made = await idempotency.claim(caller, key, idempotency.fingerprint(
+                upload.params, upload.image, upload.image_url))
+            if made is not None:
+                return await replay(made, caller, response)
+        submission = await checked_submission(upload, settings, count)
     except Exception:
         await count.now()  # over the rate: 429 instead of the submission's own error
+        if claim is not None:
+            await store.release_idempotency(claim)
         raise
     params, info, (width, height) = submission.params, submission.info, submission.output
     job_id, queue = new_job_id(), METHOD_QUEUE[params.method]
@@ -67,11 +86,17 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
         output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
                      "bytes": 0},
         queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
-    # One script counts the request (if not yet), records the job and pushes its run_job message: accepted means
-    # recorded and enqueued.
+    # One script counts the request (if not yet), records the job, names it in its Idempotency-Key's record and
+    # pushes its run_job message: accepted means recorded and enqueued.
     message = run_job_message(job_id, queue)
     creation = await store.create(fields, submission.image, max_active=settings.max_active_jobs_per_key,
-                                  message=message, rate=count.with_create())
+                                  message=message, rate=count.with_create(), claim=claim)
+    if creation.outcome == "replay":  # this request's claim lapsed and another made the job meanwhile
+        return await replay(creation.replay_of, caller, response)
+    if creation.outcome != "created" and claim is not None:
+        await store.release_idempotency(claim)
+    if creation.outcome == "in_use":
+        raise idempotency.in_use()
     if creation.outcome == "rate_limited":
         refuse_if_limited(creation.rate_wait, settings)
     if creation.outcome == "too_many_jobs":
@@ -80,6 +105,16 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
                        {"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_SECONDS)})
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return answer_job(public_job(fields), response)
+
+
+async def replay(job_id: str, caller: Caller, response: Response) -> dict[str, Any]:
+    """The job an Idempotency-Key made, as it is now, marked as a replay."""
+    found = await caller.store.lookup(job_id)
+    if found.fields is None:
+        raise ApiError(410, "job_expired", "the job this Idempotency-Key made has expired")
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return answer_job(public_job(found.fields, found.deliveries), response)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)

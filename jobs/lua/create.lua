@@ -2,12 +2,20 @@
 -- bucket, interval, burst: the owner's rate ('', 0, 0: the request is not counted here); queue_list and
 -- message '' and '': record only, send nothing; record: the job's fields as one JSON object of strings
 -- (one argument: redis-py encodes each argument in Python, about a microsecond apiece, and a record has
--- some twenty).
--- -> {'created', 0}, or nothing written and {'rate_limited', ms to wait} or {'too_many_jobs', 0} (the owner
---    already has the most unfinished jobs allowed)
+-- some twenty); idempotency: the Idempotency-Key record this request claimed under claim_token ('' for
+-- none), with the body's fingerprint and the record's lifetime in seconds: it names the job once recorded,
+-- so a retry of the request finds it.
+-- -> {'created', 0}, or nothing written and {'rate_limited', ms to wait}, {'too_many_jobs', 0} (the owner
+--    already has the most unfinished jobs allowed), {'replay', job id} or {'in_use', 0} (the claim lapsed
+--    and another request of the same key took it meanwhile)
 local _, id, ttl, tomb_ttl, owner, created_us, input, max_active, now, queue_list, message,
-      bucket, interval, burst, record = unpack(ARGV)
+      bucket, interval, burst, record, idempotency, claim_token, fingerprint, idempotency_ttl = unpack(ARGV)
 ttl, max_active = tonumber(ttl), tonumber(max_active)
+if idempotency ~= '' then
+  local made, holder = unpack(redis.call('HMGET', idempotency, 'job', 'token'))
+  if made then return {'replay', made} end
+  if holder and holder ~= claim_token then return {'in_use', 0} end
+end
 if bucket ~= '' then  -- the submission is counted against its key's rate in this round trip
   local allowed, wait = take_request(bucket, tonumber(interval), tonumber(burst))
   if allowed == 0 then return {'rate_limited', wait} end
@@ -37,6 +45,11 @@ if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
 redis.call('SADD', active, id)
 if redis.call('TTL', active) < ttl then redis.call('EXPIRE', active, ttl) end
 redis.call('ZADD', P .. 'queued', now, id)
+if idempotency ~= '' then
+  redis.call('HSET', idempotency, 'job', id, 'fingerprint', fingerprint)
+  redis.call('HDEL', idempotency, 'token')
+  redis.call('EXPIRE', idempotency, tonumber(idempotency_ttl))
+end
 if queue_list ~= '' then redis.call('LPUSH', queue_list, message) end
 stat('active:queued', 1)
 stat('total:queued', 1)
