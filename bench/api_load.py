@@ -2,6 +2,8 @@
 
   python bench/api_load.py                      # 50 clients, 500 small bicubic jobs, then a 10 s poll phase
   python bench/api_load.py --clients 50 --jobs 500 --poll-seconds 10 --api-workers 1
+  python bench/api_load.py --idempotency key      # an Idempotency-Key on every submission (its cost in the p99)
+  python bench/api_load.py --idempotency twice    # ... and every submission sent twice: duplicate_jobs must be 0
 
 Phase 1 (load): each client submits a job, polls it back to back until it is finished, fetches the
 result, and takes the next job, until all jobs are done. Phase 2 (polls): every client polls finished
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from PIL import Image
@@ -46,10 +49,11 @@ class Connection:
         self.host, self.port = host, port
         self.reader = self.writer = None
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "") -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "",
+                      extra_headers: str = "") -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n{extra_headers}"
         if content_type:
             head += f"Content-Type: {content_type}\r\n"
         self.writer.write(head.encode() + b"\r\n" + body)
@@ -96,13 +100,16 @@ class Tally:
         self.succeeded: set[str] = set()
         self.wrong: list[str] = []
         self.statuses: dict[int, int] = {}
+        self.duplicate_jobs = 0  # --send-twice: second sends of one Idempotency-Key that made another job
 
     def count(self, status: int) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
 async def load_client(host: str, port: int, body: bytes, expected: tuple[int, int], jobs: asyncio.Queue,
-                      tally: Tally, poll_interval: float) -> None:
+                      tally: Tally, poll_interval: float, idempotency: str = "") -> None:
+    """`idempotency`: '' (no key), 'key' (a new Idempotency-Key on each submission) or 'twice' (each submission
+    sent a second time with its key, as a client retrying after a lost answer would)."""
     connection = Connection(host, port)
     first = True
     try:
@@ -111,9 +118,16 @@ async def load_client(host: str, port: int, body: bytes, expected: tuple[int, in
                 jobs.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            key_header = f"Idempotency-Key: {uuid.uuid4().hex}\r\n" if idempotency else ""
+            content_type = f"multipart/form-data; boundary={BOUNDARY}"
             started = time.perf_counter()
-            status, payload = await connection.request("POST", "/v1/jobs", body, f"multipart/form-data; boundary={BOUNDARY}")
+            status, payload = await connection.request("POST", "/v1/jobs", body, content_type, key_header)
             tally.submit_seconds.append(time.perf_counter() - started)
+            if idempotency == "twice" and status == 202:
+                again, replayed = await connection.request("POST", "/v1/jobs", body, content_type, key_header)
+                tally.count(again)
+                if again != 202 or json.loads(replayed)["id"] != json.loads(payload)["id"]:
+                    tally.duplicate_jobs += 1
             if not first:
                 tally.later_submit_seconds.append(tally.submit_seconds[-1])
             first = False
@@ -214,6 +228,8 @@ def main() -> int:
     parser.add_argument("--poll-interval", type=float, default=0.0,
                         help="pause between two polls of one job in the load phase (0: back to back)")
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (uvicorn workers)")
+    parser.add_argument("--idempotency", choices=["", "key", "twice"], default="",
+                        help="key: an Idempotency-Key on every submission; twice: and each sent twice (0 duplicates)")
     parser.add_argument("--light-concurrency", type=int, default=4)
     parser.add_argument("--worker-nice", type=int, help="UPSCALER_WORKER_NICE for the worker (default: its default)")
     args = parser.parse_args()
@@ -243,8 +259,8 @@ def main() -> int:
             for i in range(args.jobs):
                 queue.put_nowait(i)
             started = time.perf_counter()
-            await asyncio.gather(*(load_client("127.0.0.1", port, body, expected, queue, load, args.poll_interval)
-                                   for _ in range(args.clients)))
+            await asyncio.gather(*(load_client("127.0.0.1", port, body, expected, queue, load, args.poll_interval,
+                                               args.idempotency) for _ in range(args.clients)))
             return time.perf_counter() - started
 
         async def run_polls() -> float:
@@ -271,6 +287,7 @@ def main() -> int:
             "clients": args.clients, "jobs": args.jobs, "poll_interval_s": args.poll_interval, "image": f"{args.size}x{args.size} PNG, bicubic x2",
             "accepted": len(load.accepted), "succeeded_with_right_result": len(load.succeeded), "jobs_lost": lost,
             "wrong_results": len(load.wrong), "load_phase_seconds": round(load_wall, 2),
+            "idempotency": args.idempotency or "none", "duplicate_jobs": load.duplicate_jobs,
             "jobs_per_second": round(len(load.succeeded) / load_wall, 1),
             "submit_ms_p50": round(statistics.median(load.submit_seconds) * 1000, 1),
             "submit_ms_p99": round(percentile(load.submit_seconds, 0.99) * 1000, 1),
@@ -287,7 +304,7 @@ def main() -> int:
             "cores": os.cpu_count(), "api_workers": args.api_workers, "worker_nice": worker_nice,
         }
         print(json.dumps(report, indent=2))
-        return 0 if lost == 0 and not load.wrong else 1
+        return 0 if lost == 0 and not load.wrong and not load.duplicate_jobs else 1
     finally:
         stop_services([api, worker], redis_server)
         logs.close()
