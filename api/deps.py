@@ -103,8 +103,8 @@ async def get_current_key(request: Request) -> Caller:
     """Authenticate the caller and count the request against its key's rate.
 
     One dependency for all of it, handing the route the settings and the store as well: FastAPI's cost grows
-    with every dependency a route resolves (two more, for the settings and the store, cost a submission 7% of
-    the API's CPU: `python bench/submit_cpu.py`)."""
+    with every dependency a route resolves (two more, for the settings and the store, were a measurable share of
+    a submission's CPU in `python bench/submit_cpu.py`: bench/RESULTS.md)."""
     caller = _caller(request)
     await caller.count_request()
     return caller
@@ -114,7 +114,7 @@ async def get_submitting_key(request: Request) -> Caller:
     """Authenticate the caller without counting the request: the submission route counts it itself, in the
     round trip that records the job when it can (api/routes/jobs.py SubmissionCount). A round trip of its own
     before that one held every submission for one more turn of the event loop, behind every other request
-    (submit p50 42 -> 25 ms, p99 64 -> 51 ms in bench/api_load.py, bench/RESULTS.md)."""
+    (bench/api_load.py; the figures are in bench/RESULTS.md, the API's submit path)."""
     return _caller(request)
 
 

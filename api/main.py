@@ -76,9 +76,9 @@ async def get_in_process(app: FastAPI, path: str) -> int:
 
     FastAPI builds each included router's table of routes (dependencies, response fields, path patterns) on the
     first request that walks it, and a route's endpoint context (it reads the endpoint's source) on the route's
-    first request. Unwarmed, a first burst of 50 submissions called in-process took 34-37 ms of CPU before any
-    was answered, the next 22-23 ms; after these requests, 27-29 ms. A readiness probe that comes first warms
-    the routers the same way (bench/api_load.py waits on /readyz); a client's first request must not depend on it."""
+    first request. Unwarmed, the first burst of concurrent submissions pays for that before any is answered
+    (bench/RESULTS.md, the API's submit path). A readiness probe that comes first warms the routers the same way
+    (bench/api_load.py waits on /readyz); a client's first request must not depend on it."""
     status = 0
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",

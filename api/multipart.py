@@ -6,9 +6,9 @@ part's headers in Python. A submission has at most one file, the image, which th
 (the job store keeps its bytes), and a few short fields. Here the parts are kept as bytes and strings, with
 Starlette's limits and its decoding (the form's charset, else UTF-8; latin-1 for bytes that do not decode) and
 the same 400s; a small body in the plain shape clients send is split at its boundaries with bytes operations
-and fed to the same callbacks, anything else goes through python-multipart. For the 3 KB body of a small
-submission: ~77 us of CPU through Starlette, ~54 through python-multipart with these callbacks, ~30 split
-(bench/RESULTS.md). tests/api/test_multipart.py holds both paths to Starlette's answers over a corpus of bodies.
+and fed to the same callbacks, anything else goes through python-multipart. A small submission's form costs well
+under half the CPU it costs through Starlette (bench/RESULTS.md, the API's submit path). tests/api/test_multipart.py
+holds both paths to Starlette's answers over a corpus of bodies.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ CACHED_HEADER_BYTES = 256
 
 def options_of(header: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     """parse_options_header; a short header's answer is remembered, since a client sends the same few (the
-    form's Content-Type, each field's Content-Disposition) with every submission: 4 parses were ~15 us of one.
+    form's Content-Type, each field's Content-Disposition) with every submission, a few parses each time.
     The answer is shared: read it, never change it."""
     return _cached_options(header) if len(header) <= CACHED_HEADER_BYTES else parse_options_header(header)
 

@@ -1,4 +1,4 @@
-"""One pydantic schema per shape the API reads or writes (CONTRACT.md section 4)."""
+"""One pydantic schema per shape the API reads or writes (docs/http-api.md)."""
 from __future__ import annotations
 
 from typing import Any, Literal

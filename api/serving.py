@@ -2,8 +2,9 @@
 
 libuv, under uvloop, accepts one connection per event-loop iteration (since libuv 1.45, libuv/libuv#3696). Under
 load an iteration runs the next step of every ready request, a few milliseconds, so a burst of new connections
-(a client pool's first round) was accepted one per iteration: in bench/api_load.py the 50th client's submission
-waited 100-250 ms before its first byte was read, while the first 49 were already polling. Python's own loop
+(a client pool's first round) was accepted one per iteration: in bench/api_load.py the last clients of the first
+round waited many iterations before their first byte was read, while the others were already polling (bench/RESULTS.md,
+the API's submit path). Python's own loop
 accepts up to the backlog at each wake-up; this loop does the same and keeps uvloop's faster transports.
 
 uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`.

@@ -32,8 +32,8 @@ KERNEL_ESTIMATION_SCALES = (2.0, 4.0)
 # The smallest side (of the image, or of its crop region) KernelGAN can estimate a kernel on: its generator's 13x13
 # kernel and its discriminator's 7x7 field, twice each (sr/kernelgan.py; tests/worker checks they agree).
 KERNEL_ESTIMATION_MIN_SIDE = 40
-# An upload at most this large, declaring at most this many pixels, is decoded on the event loop (under a
-# millisecond: a flat 256x256 PNG of 760 bytes takes 0.56 ms here; a thread hop costs more); a larger one in a thread.
+# An upload at most this large, declaring at most this many pixels, is decoded on the event loop (well under a
+# millisecond, less than a thread hop costs: bench/RESULTS.md); a larger one in a thread.
 INLINE_DECODE_BYTES = 32 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 # A submission body at most this large is read before the request is counted against its key's rate, and read

@@ -5,8 +5,9 @@
   python bench/blind.py --json                                    # the rows as JSON on stdout
   python bench/blind.py --from-json a.json,b.json                 # one kernel-set table from --json-out files
 
-Images: the scikit-image photos astronaut, chelsea, coffee, camera, ihc and a few Set14 files
-(/work/shared/data/Set14), centre-cropped to --crop (high resolution) so that a run is affordable on a CPU.
+Images: the scikit-image photos astronaut, chelsea, coffee, camera, ihc and, with --set14 DIR, a few Set14 files
+(the standard benchmark set of 14 images, shipped with most super-resolution codebases: DIR holds baboon.png,
+comic.png, ...), centre-cropped to --crop (high resolution) so that a run is affordable on a CPU.
 
 1. Kernel set (x2; --sf 4 for x4): each crop is degraded by a random anisotropic Gaussian kernel drawn with
    the DIV2KRK recipe (seeded per image: every run sees the same kernels), rounded to 8 bits. Reported: PSNR/SSIM
@@ -53,7 +54,7 @@ from sr.resize import Degradation, son_of  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "ihc")
 SKIMAGE_NAMES = {"ihc": "immunohistochemistry"}
-SET14_DIR = Path("/work/shared/data/Set14")
+SET14_DIR: Path | None = None  # --set14 DIR
 SET14_DEFAULT = ("baboon", "comic", "zebra")
 JPEG_QUALITIES = (50, 60, 70, 80, 90)
 # The images sr.blind.KERNEL_FIT_RESIDUAL (1.0) was chosen by looking at: their kernel-set figures are not a fair
@@ -71,6 +72,8 @@ def load_photo(name: str, crop: int) -> np.ndarray:
         from skimage import data  # bench-only dependency (dev extra)
         array = getattr(data, SKIMAGE_NAMES.get(name, name))()
     else:
+        if SET14_DIR is None:
+            raise SystemExit(f"{name}: not a scikit-image photo; pass --set14 DIR for the Set14 files")
         array = np.asarray(Image.open(SET14_DIR / f"{name}.png").convert("RGB"))
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
@@ -449,8 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="blind,jpeg,arch", help="comma-separated: kernel (KernelGAN error "
                         "only), blind (kernel set with ZSSR), jpeg, arch")
-    parser.add_argument("--images", default=",".join(PHOTOS + SET14_DEFAULT),
-                        help="comma-separated scikit-image photo names and Set14 file stems")
+    parser.add_argument("--images", help="comma-separated scikit-image photo names and Set14 file stems (default: "
+                        f"the photos, and {', '.join(SET14_DEFAULT)} with --set14)")
+    parser.add_argument("--set14", type=Path, metavar="DIR", help="the folder of the Set14 PNG files")
     parser.add_argument("--crop", type=int, default=320, help="high-resolution centre crop side")
     parser.add_argument("--sf", default="2", help="kernel set scale factors: 2, 4 or 2,4")
     parser.add_argument("--preset", default="fast", choices=("fast", "balanced", "paper"))
@@ -469,10 +473,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SET14_DIR
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
-    names = [name for name in args.images.split(",") if name]
+    SET14_DIR = args.set14
+    images = args.images if args.images is not None else ",".join(PHOTOS + (SET14_DEFAULT if args.set14 else ()))
+    names = [name for name in images.split(",") if name]
     overrides = json.loads(args.config.read_text()) if args.config else {}
     config = config_for(args.preset, overrides)
     scale_factors = [int(v) for v in args.sf.split(",") if v]

@@ -1,4 +1,4 @@
-"""Quality and speed of `sr` against bicubic, under the evaluation protocol of SPEC-zssr.md.
+"""Quality and speed of `sr` against bicubic, under the evaluation protocol of docs/algorithm.md.
 
 Each photo is cropped to a multiple of the scale and downscaled with Pillow's antialiased bicubic; the result is
 upscaled back by bicubic and by ZSSR with each preset asked for, and scored on the Y channel (BT.601), `scale`
@@ -7,13 +7,14 @@ image) and, per preset, the mean and the least gain.
 
   nice python bench/quality.py --preset fast                 # the five scikit-image photos, x2
   nice python bench/quality.py --preset fast balanced --json quality.json
-  python bench/quality.py --preset paper --device cuda --set14   # + the 14 Set14 photos (../shared/data/Set14)
+  python bench/quality.py --preset paper --device cuda --set14 DIR   # + the 14 Set14 photos in DIR
 
 The photos (scikit-image 0.26 `skimage.data`), high resolution = the x2 output, never resampled (a resampled
 original would be smoother than a photo and flatter the method); larger ones are center-cropped to 512 at most.
 Width x height of the original as measured (the x2 input is half of it): astronaut 512x512, chelsea 450x300 (its
 whole 451x300 frame, cropped to even), coffee 512x400 (center crop of 600x400), camera 512x512 (grey),
-immunohistochemistry ("ihc") 512x512.
+immunohistochemistry ("ihc") 512x512. Set14 is the standard benchmark set of 14 images (Zeyde et al., 2010),
+shipped with most super-resolution codebases: DIR holds its PNG files, named by image (baboon.png, comic.png, ...).
 """
 from __future__ import annotations
 
@@ -37,9 +38,6 @@ import sr  # noqa: E402
 from sr.evaluate import (BICUBIC, EvalRow, degrade, format_table, run_method, shave_for,  # noqa: E402
                          summarize, zssr_label)
 
-# ../shared/data/Set14 beside the checkout (SPEC-zssr.md); a git worktree sits one level deeper, so look upward.
-SET14 = next((folder / "shared" / "data" / "Set14" for folder in ROOT.parents
-              if (folder / "shared" / "data" / "Set14").is_dir()), ROOT.parent / "shared" / "data" / "Set14")
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "ihc")
 _SKIMAGE_NAMES = {"ihc": "immunohistochemistry"}
 _LARGEST_SIDE = 512
@@ -52,8 +50,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--photos", nargs="*", default=list(PHOTOS), choices=PHOTOS,
                         help="which scikit-image photos (default all five; none with --set14 for Set14 alone)")
-    parser.add_argument("--set14", action="store_true", help="also the Set14 photos")
-    parser.add_argument("--set14-dir", type=Path, default=SET14, help=f"where they are (default {SET14})")
+    parser.add_argument("--set14", type=Path, metavar="DIR", help="also the Set14 photos, the PNG files in DIR")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -66,9 +63,9 @@ def main() -> int:
     configs = {preset: sr.config_for(preset, overrides) if overrides else None for preset in args.preset}
     photos = {name: skimage_photo(name) for name in args.photos}
     if args.set14:
-        photos.update({path.stem: Image.open(path) for path in sorted(args.set14_dir.glob("*.png"))})
+        photos.update({path.stem: Image.open(path) for path in sorted(args.set14.glob("*.png"))})
     if not photos:
-        parser.error(f"no photos to measure (is {args.set14_dir} there?)")
+        parser.error(f"no photos to measure (is {args.set14} there?)")
     setting = describe_setting(args)
     print(f"# sr quality, x{args.scale:g}: {setting['torch_threads']} torch threads, device "
           f"{args.device or 'default'}, load average {setting['load_average_start']}", file=sys.stderr, flush=True)

@@ -125,7 +125,7 @@ def normalize_mode(image: Image.Image) -> Image.Image:
 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """CONTRACT.md section 1: `(round(w * sx), round(h * sy))`."""
+    """The size sr.upscale makes: `(round(w * scale), round(h * scale))` (docs/http-api.md, `scale`)."""
     return round(width * scale), round(height * scale)
 
 

@@ -33,7 +33,8 @@ def run_job_message(job_id: str, queue: str) -> Message:
     """The Redis list and the message that Celery's `send_task(RUN_JOB, args=[job_id], queue=queue)` would push.
 
     The list is the queue's priority-0 list. Filled in from a template built once: building each message with
-    Celery cost a submission 6% of the API's CPU, and the API need not build a Celery app at all."""
+    Celery was a measurable share of a submission's CPU (bench/RESULTS.md), and the API need not build a Celery
+    app at all."""
     task_id = str(uuid.uuid4())
     body = base64.b64encode(json.dumps([[job_id], {}, _BODY_EMBED]).encode()).decode()
     message = (_message_template(queue).replace(_TASK_ID, task_id).replace(_JOB_ID, job_id)

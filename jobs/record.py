@@ -64,7 +64,7 @@ def _progress(fields: dict[str, str]) -> dict[str, Any]:
 
 
 def public_job(fields: dict[str, str], deliveries: list[str] | None = None) -> dict[str, Any]:
-    """The job as clients and webhooks see it (CONTRACT.md section 4): no owner, no token, no secret."""
+    """The job as clients and webhooks see it (docs/http-api.md, "The job"): no owner, no token, no secret."""
     job_id = fields["id"]
     created, started, finished = fields.get("created_at"), fields.get("started_at"), fields.get("finished_at")
     metrics = {

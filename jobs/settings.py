@@ -1,4 +1,4 @@
-"""The one settings class shared by the API and the workers (environment variables, CONTRACT.md section 3).
+"""The one settings class shared by the API and the workers (environment variables; the README's Settings table).
 
 Both `api` and `worker` import `jobs`, never the reverse. Every variable is read from the
 environment with the `UPSCALER_` prefix, except `REDIS_URL`. Secrets are `SecretStr`, so they never
@@ -71,9 +71,8 @@ class Settings(BaseSettings):
     pack_jobs: int = Field(1, ge=1)
     # The CPU priority (nice value) worker processes run at. A worker sharing a host with the API (--dev, a small
     # single-host install) yields the CPU to request handling; on a host of its own it changes nothing. 0 = the
-    # priority it was started with. 19 rather than 10: with 50 clients polling back to back, the API's submit
-    # p50 went 28.9 -> 23.8 ms and p99 55.7 -> 46.8 ms (medians of 6 alternating runs of bench/api_load.py,
-    # bench/RESULTS.md), jobs per second unchanged.
+    # priority it was started with. 19 rather than 10: the lowest priority leaves the API more of a shared CPU
+    # at no cost in jobs per second (bench/RESULTS.md, the API's submit path).
     worker_nice: int = Field(19, ge=0, le=19)
     # Test hooks for fault-injection tests, off by default and refused outside local mode: a run pauses
     # this long between computing its result and writing it; "pause" still answers stop requests (cancel,

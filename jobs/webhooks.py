@@ -1,4 +1,4 @@
-"""Webhooks (Standard Webhooks v1, CONTRACT.md section 5): signing, the target guard, one delivery attempt.
+"""Webhooks (Standard Webhooks v1, docs/http-api.md "Webhooks"): signing, the target guard, one delivery attempt.
 
 Retries are scheduled by the Celery task (`worker.tasks.deliver_webhook`) so no worker thread sleeps
 through a backoff. The target guard resolves the host, refuses loopback, private, link-local, metadata

@@ -132,8 +132,8 @@ def healthcheck(settings: Settings) -> int:
 
 def lower_priority(nice: int) -> None:
     """Run this process (and the workers it starts, which inherit it) at `nice` at least. On a host shared with
-    the API, training and bicubic jobs then take the CPU the API leaves: in bench/api_load.py (API, worker and
-    Redis on 2 cores) submit latency fell by a fifth. Only ever lowered: raising a priority needs privileges."""
+    the API, training and bicubic jobs then take the CPU the API leaves (bench/api_load.py with API, worker and
+    Redis on 2 cores: bench/RESULTS.md). Only ever lowered: raising a priority needs privileges."""
     if os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
 
@@ -141,8 +141,7 @@ def lower_priority(nice: int) -> None:
 def one_torch_thread() -> None:
     """Light jobs run side by side in the pool's threads, so each bicubic resize gets one torch thread: with
     torch's default (one per core) every resize wakes an OpenMP team of its own, the pool's threads x cores
-    threads contending for the cores, each team spinning after its work. (On the 2-core VM the worker's CPU per
-    32x32 job was within the noise either way: 4.4-5.8 ms.)"""
+    threads contending for the cores, each team spinning after its work."""
     import torch  # noqa: PLC0415 - only the light worker; the supervisor never loads torch
 
     torch.set_num_threads(1)

@@ -251,8 +251,8 @@ def upscale_job(image: Image.Image, params: dict[str, Any], settings: Settings, 
 def warm_up_device(settings: Settings) -> dict[str, float] | None:
     """On a CUDA device, one tiny job per preset (its UPSCALER_ZSSR_OVERRIDES applied) before the first real job,
     so no user's job pays the process's CUDA start-up (sr/warmup.py); seconds per preset. None on the CPU, where a
-    process's first job costs under a second more than later ones (0.7-0.8 s in the paper preset's warm-up job
-    on the 2-core VM) against the minutes it trains: not worth delaying a CPU worker's start for."""
+    process's first job costs under a second more than later ones against the minutes it trains (bench/RESULTS.md):
+    not worth delaying a CPU worker's start for."""
     import torch  # noqa: PLC0415 - loaded by sr already; named here to read the device
 
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))

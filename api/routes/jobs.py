@@ -1,4 +1,4 @@
-"""The job routes (CONTRACT.md section 4): submit, read, fetch the result, cancel, list."""
+"""The job routes (docs/http-api.md): submit, read, fetch the result, cancel, list."""
 from __future__ import annotations
 
 import base64

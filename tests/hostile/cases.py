@@ -1,5 +1,5 @@
 """The hostile-input corpus: every file of tests/hostile/corpus/ and every hostile request, with the answer
-the API must give (CONTRACT.md section 4 and the README's table of error codes).
+the API must give (docs/http-api.md, "Status and error codes").
 
 A case is sent to `POST /v1/jobs` (or to the route it names) by tests/hostile/test_corpus.py, under the
 limits in LIMITS. An accepted case (202) names the status its job must end in.
