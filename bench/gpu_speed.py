@@ -18,12 +18,23 @@ On whatever device is there (`--device cuda|cpu`, default cuda when available), 
   worker runs before it takes a job); the seconds-per-job table comes after `sr.warm_up` in this process;
 - jobs/hour for `--pack-jobs` (16) jobs of 256x256 crops of six photos: `sr.packed.upscale_many` with K jobs at
   once against `sr.upscale` one at a time, and how far each packed result is from its one-at-a-time result;
-- forward + backward of K nets: one grouped convolution per layer, vmap, and the K nets one after another;
+- forward + backward of K nets: one grouped convolution per layer, vmap, per-slot convolutions ("streams"), and the
+  K nets one after another;
 - torch.compile of the net (forward and backward of the training step) on and off, compile time apart.
 `--steps N` caps the measured training steps (and the jobs' max_iters, with the self-check off so the inference
 being timed always runs) so a CPU run stays short: a capped job is not the preset's full job, and the tables say so.
 
+`--targets` prints only issue 21's measures, one line each: --pack-jobs (16) jobs of 256x256 at `fast`, K
+(--target-k, 8) packed through sr.packed's graphed step per packing and cuDNN benchmark mode, against one graphed
+job at a time; the packed jobs' PSNR against their lone runs (the same crops downscaled by 2); the paper job
+512x512 -> 1024x1024, warm, per variant of its step (cuDNN benchmark, steps per replay, channels_last, bfloat16)
+with its MFU; then `SUMMARY gpu_pack K=8 graphed jobs_per_hour_ratio=R device=NAME` (the best packing) and
+`SUMMARY gpu_paper seconds=S device=NAME` (the paper job as sr.upscale runs it by default). `--smoke` runs the same
+code on tiny configs (seconds, on a CPU too); bench/gpu_check.sh runs it all on a lent GPU.
+
   python bench/gpu_speed.py                                      # on an H100: every figure, uncapped
+  python bench/gpu_speed.py --targets                            # issue 21's lines (bench/gpu_check.sh)
+  nice -n 10 python bench/gpu_speed.py --device cpu --threads 1 --targets --smoke
   nice -n 10 python bench/gpu_speed.py --device cpu --threads 1 --steps 20 --warmup 3 --e2e-presets fast,balanced \\
       --pack-side 96 --pack-steps 20 --compile-presets fast --first-job-presets ''  # the CPU run of bench/RESULTS.md
 """
@@ -49,11 +60,11 @@ from PIL import Image  # noqa: E402
 from skimage import data  # noqa: E402  (a dev extra: the photos)
 
 import sr  # noqa: E402
-from sr.packed import StackedNets, upscale_many  # noqa: E402
+from sr.packed import PACKINGS, StackedNets, upscale_many  # noqa: E402
 from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, cubic_resize, son_size  # noqa: E402
 from sr.train import ReconstructionTest, StageHooks, train_stage  # noqa: E402
-from sr.cuda_step import train_stage_graphed  # noqa: E402
+from sr.cuda_step import graph_options, train_stage_graphed  # noqa: E402
 from sr.zssr import build_run  # noqa: E402
 from sr.augment import FatherSource  # noqa: E402
 
@@ -92,7 +103,17 @@ def main() -> int:
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak for MFU (else a table)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--targets", action="store_true",
+                        help="only issue 21's measures (graphed packing, the paper step's variants), one line each, "
+                             "then the SUMMARY lines")
+    parser.add_argument("--target-k", type=int, default=8, help="--targets: the pack size")
+    parser.add_argument("--target-packings", default="grouped,streams", help="--targets: packings to time")
+    parser.add_argument("--paper-variants", default="", help="--targets: the paper variants to time ('' = all)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--targets on tiny configs and images (a few seconds on a CPU): checks the code only")
     args = parser.parse_args()
+    if args.smoke:
+        args.pack_jobs, args.pack_side, args.target_k = min(args.pack_jobs, 4), min(args.pack_side, 24), 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -107,6 +128,11 @@ def main() -> int:
                      "load_average_before": load_average(), "argv": sys.argv[1:]}
     print(f"device: {figures['device']}, torch {torch.__version__}, {figures['threads']} threads, "
           f"load average {figures['load_average_before']}")
+    if args.targets:
+        figures["targets"] = run_targets(device, args)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return 0
     figures["presets"] = [measure_preset(name, photo, device, args) for name in split(args.presets)]
     print_preset_table(figures["presets"], args)
     figures["first_jobs"] = [time_first_jobs(name, warm, args) for name in split(args.first_job_presets)
@@ -294,6 +320,14 @@ def job_config(name: str, steps: int) -> sr.ZSSRConfig:
 def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: argparse.Namespace,
                     cuda_graph: bool = True) -> dict:
     config = dataclasses.replace(job_config(name, args.steps), cuda_graph=cuda_graph)
+    figures = {"preset": name, **timed_upscale(photo, config, device)}
+    print(f"  {name} end to end{' (CUDA graph)' if figures['cuda_graph'] else ''}: {figures['seconds']:.2f} s, "
+          f"{figures['cpu_seconds']:.2f} CPU-s ({figures['train_steps']} steps)")
+    return figures
+
+
+def timed_upscale(photo: Image.Image, config: sr.ZSSRConfig, device: torch.device) -> dict:
+    """sr.upscale of the photo at x2, timed in all and up to its first inference report (the training)."""
     marks: dict[str, Stamp] = {}
 
     def on_progress(progress: sr.Progress) -> None:
@@ -306,16 +340,12 @@ def time_end_to_end(name: str, photo: Image.Image, device: torch.device, args: a
     result = sr.upscale(photo, 2, config=config, device=device.type, seed=0, progress=on_progress)
     ended = Stamp.now()
     total, training = ended.since(started), marks.get("inference", ended).since(started)
-    graphed = any(stage["cuda_graph"] for stage in result.info["sr"]["stage_details"])
-    figures = {"preset": name, "cuda_graph": graphed, "max_iters": config.max_iters,
-               "train_steps": result.info["sr"]["train_steps"],
-               "seconds": total.wall, "train_seconds": training.wall, "inference_seconds": total.wall - training.wall,
-               "cpu_seconds": total.cpu, "train_cpu_seconds": training.cpu,
-               "output": list(result.size), "fallback": result.info["sr"]["fallback"],
-               "self_check": config.self_check, "peak_memory_mib": peak_memory_mib(device)}
-    print(f"  {name} end to end{' (CUDA graph)' if graphed else ''}: {total.wall:.2f} s, {total.cpu:.2f} CPU-s "
-          f"({figures['train_steps']} steps)")
-    return figures
+    return {"cuda_graph": any(stage["cuda_graph"] for stage in result.info["sr"]["stage_details"]),
+            "max_iters": config.max_iters, "train_steps": result.info["sr"]["train_steps"],
+            "seconds": total.wall, "train_seconds": training.wall, "inference_seconds": total.wall - training.wall,
+            "cpu_seconds": total.cpu, "train_cpu_seconds": training.cpu,
+            "output": list(result.size), "fallback": result.info["sr"]["fallback"],
+            "self_check": config.self_check, "peak_memory_mib": peak_memory_mib(device)}
 
 
 def time_first_jobs(name: str, warm: bool, args: argparse.Namespace) -> dict:
@@ -403,6 +433,150 @@ def time_packing(device: torch.device, args: argparse.Namespace) -> dict:
             "packing": args.packing, "rows": rows}
 
 
+# --- issue 21's targets: one line per measure, then the SUMMARY lines ---
+
+# The paper step's variants: (name, config changes, sr.cuda_step.graph_options). None changes what a step
+# computes but bfloat16, which must keep Set14's PSNR (bench/quality.py) to be kept.
+PAPER_VARIANTS = (
+    ("as sr.upscale runs it (TF32, channels_last)", {}, {}),
+    ("cudnn.benchmark", {}, {"cudnn_benchmark": True}),
+    ("8 steps per replay", {}, {"steps_per_replay": 8}),
+    ("cudnn.benchmark + 8 steps per replay", {}, {"cudnn_benchmark": True, "steps_per_replay": 8}),
+    ("contiguous (no channels_last)", {"channels_last": False}, {}),
+    ("bf16 autocast", {"precision": "bfloat16"}, {}),
+    ("bf16 + cudnn.benchmark + 8 steps per replay", {"precision": "bfloat16"},
+     {"cudnn_benchmark": True, "steps_per_replay": 8}),
+)
+SMOKE = {"max_iters": 6, "min_iters": 6, "crop_size": 16, "width": 8, "depth": 3, "run_test_every": 3,
+         "back_projection_iters": [1], "ensemble_size": 1, "test_crop": 0, "augment_pool_size": 8}
+
+
+def run_targets(device: torch.device, args: argparse.Namespace) -> dict:
+    """K packed and graphed jobs against one graphed job at a time, the packed jobs' quality in bfloat16, and the
+    paper job 512x512 -> 1024x1024 warm with each variant of its step; --smoke: the same code on tiny configs."""
+    name = device_name(device).replace(" ", "_")
+    figures = {"device": device_name(device), "pack": time_graphed_packing(device, args)}
+    best = max(figures["pack"]["rows"], key=lambda row: row["ratio"])
+    figures["pack_quality"] = packed_quality(device, args, best["packing"], best["cudnn_benchmark"])
+    figures["paper"] = [time_paper_variant(variant, device, args) for variant in PAPER_VARIANTS
+                        if not args.paper_variants or variant[0] in split(args.paper_variants)]
+    print(f"SUMMARY gpu_pack K={args.target_k} graphed jobs_per_hour_ratio={best['ratio']:.2f} device={name}")
+    default = next((row for row in figures["paper"] if row["variant"] == PAPER_VARIANTS[0][0]), None)
+    if default:
+        print(f"SUMMARY gpu_paper seconds={default['seconds']:.2f} device={name}")
+    return figures
+
+
+def target_config(preset: str, args: argparse.Namespace) -> sr.ZSSRConfig:
+    return sr.config_for(preset, SMOKE if args.smoke else {})
+
+
+def time_graphed_packing(device: torch.device, args: argparse.Namespace) -> dict:
+    """--pack-jobs jobs of --pack-side at x2 (fast preset): one at a time through sr.upscale's graphed step, then
+    K at a time through sr.packed's graphed step, per packing and with cuDNN's benchmark mode off and on."""
+    config = target_config("fast", args)
+    images = pack_images(args.pack_jobs, args.pack_side)
+    seeds = list(range(len(images)))
+    k = args.target_k
+    sr.upscale(images[0], 2, config=config, device=device.type, seed=0)  # untimed: the process's one-off set-up
+    synchronize(device)
+    started = time.perf_counter()
+    alone = [sr.upscale(image, 2, config=config, device=device.type, seed=seed) for image, seed in zip(images, seeds)]
+    synchronize(device)
+    lone_seconds = time.perf_counter() - started
+    lone_rate = len(images) * 3600 / lone_seconds
+    graphed = all(stage["cuda_graph"] for r in alone for stage in r.info["sr"]["stage_details"])
+    print(f"gpu_pack alone: {len(images)} jobs of {args.pack_side}x{args.pack_side} one at a time "
+          f"(CUDA graph {graphed}): {lone_seconds:.2f} s, {lone_rate:.0f} jobs/hour")
+    rows = []
+    for packing in split(args.target_packings):
+        for benchmark in (False, True):
+            try:
+                rows.append(time_one_packing(images, seeds, alone, lone_seconds, config, device, k, packing, benchmark))
+            except Exception as error:  # noqa: BLE001 - the other variants' figures must still come out
+                print(f"gpu_pack K={k} packing={packing} cudnn_benchmark={benchmark}: failed: "
+                      f"{type(error).__name__}: {error}")
+    return {"jobs": len(images), "side": args.pack_side, "k": k, "alone_seconds": lone_seconds,
+            "alone_graphed": graphed, "rows": rows}
+
+
+def time_one_packing(images: list[Image.Image], seeds: list[int], alone: list[Image.Image], lone_seconds: float,
+                     config: sr.ZSSRConfig, device: torch.device, k: int, packing: str, benchmark: bool) -> dict:
+    with graph_options(cudnn_benchmark=benchmark):
+        # untimed: cuDNN's per-shape set-up (its timing runs, with benchmark on) is paid once per process
+        upscale_many(images[:k], 2, config=dataclasses.replace(config, max_iters=8), device=device.type,
+                     seeds=seeds[:k], pack_size=k, packing=packing)
+        synchronize(device)
+        started = time.perf_counter()
+        packed = upscale_many(images, 2, config=config, device=device.type, seeds=seeds, pack_size=k, packing=packing)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+    differences = [np.abs(np.asarray(p, dtype=np.int16) - np.asarray(a, dtype=np.int16)) for p, a in
+                   zip(packed, alone)]
+    same_steps = sum(p.info["sr"]["train_steps"] == a.info["sr"]["train_steps"] for p, a in zip(packed, alone))
+    graphed = all(stage["cuda_graph"] for r in packed for stage in r.info["sr"]["stage_details"])
+    row = {"packing": packing, "cudnn_benchmark": benchmark, "seconds": seconds, "cuda_graph": graphed,
+           "jobs_per_hour": len(images) * 3600 / seconds, "ratio": lone_seconds / seconds,
+           "max_pixel_difference": int(max(d.max() for d in differences)),
+           "pixels_differing": float(np.mean([(d > 0).mean() for d in differences])), "same_steps": same_steps}
+    print(f"gpu_pack K={k} packing={packing} cudnn_benchmark={benchmark} (CUDA graph {graphed}): {seconds:.2f} s, "
+          f"{row['jobs_per_hour']:.0f} jobs/hour, {row['ratio']:.2f}x one at a time; against each lone output: max "
+          f"{row['max_pixel_difference']} levels, {100 * row['pixels_differing']:.2f}% of pixels differ, "
+          f"{same_steps}/{len(images)} same step counts")
+    return row
+
+
+def packed_quality(device: torch.device, args: argparse.Namespace, packing: str, benchmark: bool) -> dict:
+    """PSNR of each job, packed and alone: the --pack-side crops (held out: nothing was tuned on them) downscaled
+    by 2 with Pillow's bicubic and upscaled back, fast preset (bfloat16), K at a time."""
+    config = target_config("fast", args)
+    highs = pack_images(args.pack_jobs, args.pack_side)
+    lows = [hr.resize((hr.width // 2, hr.height // 2), Image.BICUBIC) for hr in highs]
+    seeds = list(range(len(lows)))
+    alone = [sr.upscale(lr, 2, config=config, device=device.type, seed=seed) for lr, seed in zip(lows, seeds)]
+    with graph_options(cudnn_benchmark=benchmark):
+        packed = upscale_many(lows, 2, config=config, device=device.type, seeds=seeds, pack_size=args.target_k,
+                              packing=packing)
+    lone_psnr = [sr.psnr(a, hr, shave=2) for a, hr in zip(alone, highs)]
+    packed_psnr = [sr.psnr(p, hr, shave=2) for p, hr in zip(packed, highs)]
+    deltas = [p - a for p, a in zip(packed_psnr, lone_psnr)]
+    worst = int(np.argmax(np.abs(deltas)))
+    print(f"gpu_pack_quality K={args.target_k} packing={packing} {config.precision}: {len(lows)} jobs "
+          f"{lows[0].width}x{lows[0].height} -> x2, PSNR alone {np.mean(lone_psnr):.3f} dB, packed "
+          f"{np.mean(packed_psnr):.3f} dB (mean), largest |packed - alone| {abs(deltas[worst]):.3f} dB (job {worst}: "
+          f"{lone_psnr[worst]:.3f} -> {packed_psnr[worst]:.3f}), mean {np.mean(deltas):+.4f} dB")
+    return {"packing": packing, "precision": config.precision, "psnr_alone": lone_psnr, "psnr_packed": packed_psnr,
+            "max_abs_delta_db": abs(deltas[worst])}
+
+
+def time_paper_variant(variant: tuple, device: torch.device, args: argparse.Namespace) -> dict:
+    """The astronaut 512x512 -> 1024x1024 with the paper preset (self-check on), warm: an untimed short job of the
+    same variant first (cuDNN's per-shape set-up); the training step's MFU from its counted FLOPs."""
+    label, changes, options = variant
+    config = dataclasses.replace(target_config("paper", args), **changes)
+    photo = Image.fromarray(data.astronaut())
+    if args.smoke:
+        photo = photo.resize((32, 32), Image.BICUBIC)
+    try:
+        with graph_options(**options):
+            sr.upscale(photo, 2, config=dataclasses.replace(config, max_iters=8), device=device.type, seed=0)
+            figures = timed_upscale(photo, config, device)
+    except Exception as error:  # noqa: BLE001 - the other variants' figures must still come out
+        print(f"gpu_paper [{label}]: failed: {type(error).__name__}: {error}")
+        return {"variant": label, "error": f"{type(error).__name__}: {error}", "seconds": float("nan")}
+    flops = training_step_flops(config, crop_of(photo, config), test_pixels(photo, config))
+    steps_per_second = figures["train_steps"] / figures["train_seconds"]
+    peak, peak_source = device_peak_tflops(device, config, args.peak_tflops)
+    achieved = flops * steps_per_second / 1e12
+    mfu = f"{100 * achieved / peak:.1f}% of {peak:.0f} TFLOP/s ({peak_source})" if peak else peak_source
+    print(f"gpu_paper [{label}]: {figures['seconds']:.2f} s ({figures['train_steps']} steps in "
+          f"{figures['train_seconds']:.2f} s: {steps_per_second:.0f} steps/s; inference {figures['inference_seconds']:.2f}"
+          f" s), CUDA graph {figures['cuda_graph']}, {flops / 1e9:.2f} GFLOP/step, {achieved:.1f} TFLOP/s, MFU {mfu}")
+    return {"variant": label, "changes": changes, "options": options, **figures, "gflop_per_step": flops / 1e9,
+            "steps_per_second": steps_per_second, "achieved_tflops": achieved,
+            "mfu": achieved / peak if peak else None}
+
+
 # --- grouped convolution against vmap ---
 
 def time_stacked_step(count: int, device: torch.device, args: argparse.Namespace, steps: int = 20) -> dict:
@@ -413,9 +587,10 @@ def time_stacked_step(count: int, device: torch.device, args: argparse.Namespace
     sons = torch.rand(count, config.batch_size, 3, config.crop_size, config.crop_size,
                       generator=torch.Generator().manual_seed(0)).to(device)
     stacks = {}
-    for packing in ("grouped", "vmap"):
-        stacks[packing] = StackedNets(nets[0], packing)
-        stacks[packing].regroup([None] * count, nets)
+    for packing in PACKINGS:
+        stacks[packing] = StackedNets(nets[0], count, packing)
+        for slot, net in enumerate(nets):
+            stacks[packing].load(slot, net)
 
     def packed(packing: str) -> None:
         with autocast_for(config, device):
@@ -427,8 +602,8 @@ def time_stacked_step(count: int, device: torch.device, args: argparse.Namespace
                 net(prepare_input(son, config)).sum().backward()
 
     timings = {}
-    for name, step in (("grouped", lambda: packed("grouped")), ("vmap", lambda: packed("vmap")),
-                       ("one after another", one_after_another)):
+    steps_by_name = [(packing, lambda packing=packing: packed(packing)) for packing in PACKINGS]
+    for name, step in (*steps_by_name, ("one after another", one_after_another)):
         for _ in range(3):
             step()
         synchronize(device)
@@ -446,8 +621,8 @@ def print_stacked_step(rows: list[dict], args: argparse.Namespace) -> None:
     if not rows:
         return
     print(f"\nforward + backward of K {args.stack_preset}-preset nets on one crop each, ms per step (CPU ms):")
-    print("| K | grouped conv | vmap | K nets one after another |")
-    print("| --- | --- | --- | --- |")
+    print("| K | " + " | ".join(rows[0]["timings"]) + " |")
+    print("| --- " * (len(rows[0]["timings"]) + 1) + "|")
     for r in rows:
         cells = [f"{t['ms_per_step']:.1f} ({t['cpu_ms_per_step']:.1f})" for t in r["timings"].values()]
         print(f"| {r['k']} | " + " | ".join(cells) + " |")

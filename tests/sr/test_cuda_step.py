@@ -11,7 +11,8 @@ import torch
 import sr
 from sr.augment import FatherSource
 from sr.checkpoint import eager_optimizer_state
-from sr.cuda_step import WARMUP_STEPS, GraphedTrainingStep, train_stage_for, train_stage_graphed
+from sr.cuda_step import (WARMUP_STEPS, GraphedTrainingStep, GraphOptions, current_graph_options, graph_options,
+                          steps_before_the_host_looks, train_stage_for, train_stage_graphed)
 from sr.model import ZSSRNet, build_net
 from sr.resize import Degradation
 from sr.train import ReconstructionTest, StageHooks, train_stage
@@ -123,3 +124,88 @@ def test_a_graphed_runs_checkpoint_resumes_on_the_eager_loop(photo, device, tole
     assert not stage_detail(resumed, "cuda_graph")  # a resumed stage runs the eager loop
     assert resumed.info["sr"]["train_steps"] == 30
     assert np.abs(as_array(resumed) - as_array(uninterrupted)).max() <= tolerance  # CPU and GPU round differently
+
+
+@pytest.mark.parametrize("iteration, checkpoint_every, limit, expected", [
+    (0, 0, 8, 1),  # the test after step 0
+    (1, 0, 8, 8),  # nothing to look at within 8 steps
+    (1, 0, 4, 4),
+        (10, 0, 8, 6),  # the test after step 15 (run_test_every 15)
+    (25, 0, 8, 5),  # the policy check after step 29 (check every 30)
+    (1, 4, 8, 3),  # a checkpoint after step 3 (the 4th)
+    (57, 0, 8, 3),  # the stage's last step, 59 (max_iters 60)
+])
+def test_steps_run_back_to_back_up_to_the_next_moment_the_host_looks(iteration, checkpoint_every, limit, expected):
+    config = tiny(max_iters=60, run_test_every=15, learning_rate_policy_check_every=30)
+    assert steps_before_the_host_looks(iteration, config, checkpoint_every, limit) == expected
+
+
+def policy_config(**overrides):
+    """Long enough for the policy to drop the learning rate (init_variance pinned at the reference's 0.1: the CPU
+    presets' 1.0 moves the drops past the end here)."""
+    return tiny(**{"init_variance": 0.1, "max_iters": 60, "min_iters": 10, "learning_rate_policy_check_every": 10,
+                   "learning_rate_slope_range": 30, "run_test_every": 3, **overrides})
+
+
+def train_uncaptured(config, image, **options):
+    run, test = cuda_run(config, image)
+    with graph_options(**options):
+        train_stage_graphed(run, test, SF, Degradation(), config, StageHooks(), capture=False)
+    return run
+
+
+def test_several_steps_per_replay_train_as_one_step_per_replay(photo_tensor):
+    config = policy_config(run_test_every=5, min_iters=6)  # tests at 0, 5, 10...; checks after 9, 19, 29...
+    one = train_uncaptured(config, photo_tensor)
+    several = train_uncaptured(config, photo_tensor, steps_per_replay=4)
+    assert several.iteration == one.iteration == 60 and len(one.policy.change_steps) > 1
+    assert several.policy == one.policy  # the same tests at the same steps, the same drops
+    for mine, theirs in zip(several.net.parameters(), one.net.parameters()):
+        assert torch.equal(mine, theirs)
+    eager, eager_test = cuda_run(config, photo_tensor)  # and the loop is the core's, up to the lr's float32 rounding
+    train_stage(eager, eager_test, SF, Degradation(), config, StageHooks())
+    assert eager.policy.change_steps == one.policy.change_steps
+    for mine, theirs in zip(one.net.parameters(), eager.net.parameters()):
+        assert (mine - theirs).abs().max() <= 1e-5
+
+
+def test_a_stop_asked_for_within_a_run_of_steps_stops_before_it(photo_tensor):
+    config = policy_config()
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > 10
+
+    run, test = cuda_run(config, photo_tensor)
+    with graph_options(steps_per_replay=8), pytest.raises(sr.Cancelled):
+        train_stage_graphed(run, test, SF, Degradation(), config, StageHooks(should_stop=should_stop),
+                            capture=False)
+    assert run.iteration <= 10
+
+
+def test_graph_options_are_checked_and_restored():
+    with pytest.raises(ValueError, match="steps_per_replay"):
+        with graph_options(steps_per_replay=0):
+            pass
+    with graph_options(steps_per_replay=3, cudnn_benchmark=True) as options:
+        assert current_graph_options() == options == GraphOptions(3, True)
+    assert current_graph_options() == GraphOptions()
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("options", [{"steps_per_replay": 4}, {"cudnn_benchmark": True},
+                                     {"steps_per_replay": 8, "cudnn_benchmark": True}])
+def test_graph_options_on_cuda_train_as_the_plain_graph(photo_tensor, options):
+    config = policy_config(run_test_every=5, min_iters=6)
+    image = photo_tensor.cuda()
+    plain, plain_test = cuda_run(config, image)
+    train_stage_graphed(plain, plain_test, SF, Degradation(), config, StageHooks())
+    run, test = cuda_run(config, image)
+    with graph_options(**options):
+        train_stage_graphed(run, test, SF, Degradation(), config, StageHooks())
+    assert run.iteration == plain.iteration and run.policy.change_steps == plain.policy.change_steps
+    for mine, theirs in zip(run.net.parameters(), plain.net.parameters()):
+        assert (mine - theirs).abs().max() <= 1e-4

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import sr
-from sr.packed import PackedJob, StackedAdam, StackedNets, train_and_infer, upscale_many
+from sr.packed import PACKINGS, Pack, PackedJob, StackedAdam, StackedNets, train_and_infer, upscale_many
 from sr.model import ZSSRNet
 from sr.resize import Degradation
 from sr.zssr import Callbacks, zssr
@@ -94,19 +94,24 @@ def test_a_stopped_job_is_frozen_while_the_others_train_on(photos):
         assert (job.output - expected).abs().max() <= FLOAT32_TOLERANCE
 
 
-def test_stacked_adam_is_torchs_adam_per_slot():
+def test_stacked_adam_is_torchs_adam_per_slot_with_its_own_rate_and_mask():
     generator = torch.Generator().manual_seed(0)
     shapes = [(4, 3, 3, 3), (3, 4, 3, 3)]
-    weights = [torch.randn(2, *s, generator=generator).requires_grad_() for s in shapes]
+    weights = [torch.randn(3, *s, generator=generator).requires_grad_() for s in shapes]
     singles = [[w[k].detach().clone().requires_grad_() for w in weights] for k in range(2)]
     optimizers = [torch.optim.Adam(params, lr=lr) for params, lr in zip(singles, [1e-3, 1e-4])]
-    adam = StackedAdam()
-    adam.regroup([0, 1], weights)
-    for _ in range(5):
+    adam = StackedAdam(weights)
+    adam.reset(0, 1e-3)
+    adam.reset(1, 1e-4)  # slot 2 stays empty: its mask is 0
+    empty_before = [w[2].detach().clone() for w in weights]
+    for step in range(8):
+        if step == 4:  # a drop for job 1 alone, as the policy makes it
+            adam.set_learning_rate(1, 1e-5)
+            optimizers[1].param_groups[0]["lr"] = 1e-5
         grads = [torch.randn(w.shape, generator=generator) for w in weights]
         for w, g in zip(weights, grads):
             w.grad = g
-        adam.step(weights, [1e-3, 1e-4])
+        adam.step(weights)
         for k, (params, optimizer) in enumerate(zip(singles, optimizers)):
             for p, g in zip(params, grads):
                 p.grad = g[k].clone()
@@ -114,20 +119,72 @@ def test_stacked_adam_is_torchs_adam_per_slot():
     for k, params in enumerate(singles):
         for w, p in zip(weights, params):
             assert torch.allclose(w[k], p, atol=1e-7, rtol=0)
-    # A regroup keeps a slot's moments and step count, and starts a new slot fresh
-    adam.regroup([1, None], weights)
-    assert adam.steps.tolist() == [5.0, 0.0] and not adam.exp_avg[0][1].any() and adam.exp_avg[0][0].any()
+    assert all(torch.equal(w[2], before) for w, before in zip(weights, empty_before))  # it had gradients
+    assert adam.steps.tolist() == [8.0, 8.0, 0.0]
+    # A job entering slot 0 starts a fresh Adam there; slot 1 keeps its moments and step count
+    adam.reset(0, 1e-3)
+    assert adam.steps.tolist() == [0.0, 8.0, 0.0] and not adam.exp_avg[0][0].any() and adam.exp_avg[0][1].any()
 
 
-@pytest.mark.parametrize("packing", ["grouped", "vmap"])
+def test_a_vacated_slot_is_frozen_while_the_others_step():
+    generator = torch.Generator().manual_seed(1)
+    weights = [torch.randn(2, 4, 3, 3, 3, generator=generator).requires_grad_()]
+    adam = StackedAdam(weights)
+    adam.reset(0, 1e-3)
+    adam.reset(1, 1e-3)
+    for step in range(6):
+        if step == 3:
+            adam.vacate(1)
+            frozen = weights[0][1].detach().clone()
+        weights[0].grad = torch.randn(weights[0].shape, generator=generator)  # the moments still see gradients
+        before = weights[0][0].detach().clone()
+        adam.step(weights)
+        assert not torch.equal(weights[0][0], before)
+    assert torch.equal(weights[0][1], frozen) and adam.steps.tolist() == [6.0, 3.0]
+
+
+@pytest.mark.parametrize("packing", PACKINGS)
 def test_stacked_nets_run_each_net_on_its_own_input(packing):
     nets = [ZSSRNet(3, 8, 3, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
-    stacked = StackedNets(nets[0], packing)
-    stacked.regroup([None, None, None], nets)
+    stacked = StackedNets(nets[0], 3, packing)
+    for slot, net in enumerate(nets):
+        stacked.load(slot, net)
     inputs = torch.rand(3, 2, 3, 12, 10, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = torch.stack([net(x) for net, x in zip(nets, inputs)])
     assert torch.allclose(stacked.forward(inputs, channels_last=False), expected, atol=1e-6)
+
+
+def storage(pack: Pack) -> list[int]:
+    """The addresses a captured step reads: the slots' weights, moments, rates, mask and the static buffers."""
+    tensors = [*pack.nets.weights, *pack.adam.exp_avg, *pack.adam.exp_avg_sq, pack.adam.steps,
+               pack.adam.learning_rates, pack.adam.mask, pack.step.hr_fathers, pack.step.lr_sons_up]
+    return [t.data_ptr() for t in tensors]
+
+
+def test_a_refilled_slot_runs_like_a_fresh_lone_job_and_nothing_is_reallocated(photos):
+    config = policy_config(max_iters=60, min_learning_rate=5e-4)  # each job stops at the step of its own drop
+    tensors = [sr.images.to_tensor(image)[0] for image in [*photos, photos[0].transpose(Image.FLIP_LEFT_RIGHT)]]
+    jobs = [PackedJob(i, t, SF, config, Degradation(), seed=i, callbacks=Callbacks()) for i, t in enumerate(tensors)]
+    pack = Pack(list(jobs), 2, "grouped")
+    addresses = storage(pack)
+    entered: dict[int, list[int]] = {}  # job index -> the slots it trained in, in order
+    enter = pack._enter
+
+    def recording_enter(slot, job):
+        entered.setdefault(job.index, []).append(slot)
+        enter(slot, job)
+
+    pack._enter = recording_enter
+    pack.run()
+    assert storage(pack) == addresses  # two slots for four jobs, and not one tensor of the step reallocated
+    assert sorted(entered) == [0, 1, 2, 3] and entered[0] == [0] and entered[1] == [1]
+    steps = [job.info()["train_steps"] for job in jobs]
+    assert len(set(steps)) > 1 and min(steps) < 60  # the slots freed at different steps
+    for job, tensor in zip(jobs, tensors):
+        expected, info = zssr(tensor, SF, config, degradation=Degradation(), seed=job.index)
+        assert (job.output - expected).abs().max() <= FLOAT32_TOLERANCE
+        assert job.info()["learning_rate_changes"] == info["learning_rate_changes"]
 
 
 def test_a_canceled_job_drops_out_and_the_others_go_on(photos):
@@ -180,6 +237,7 @@ def test_jobs_of_other_shapes_run_in_packs_of_their_own(photos):
     (lambda p: upscale_many(p, 2, packing="threads"), "unknown packing"),
     (lambda p: upscale_many(p, 0.5), "ZSSR upscales"),
     (lambda p: upscale_many(p, 2, preset="huge"), "unknown preset"),
+    (lambda p: upscale_many(p, 2, config=tiny(arch="post")), "reference net only"),
 ])
 def test_bad_input_is_one_clear_invalid_input(photos, call, message):
     with pytest.raises(sr.InvalidInput, match=message):
@@ -189,7 +247,7 @@ def test_bad_input_is_one_clear_invalid_input(photos, call, message):
 @pytest.mark.gpu
 @pytest.mark.usefixtures("no_tf32")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("packing", ["grouped", "vmap"])
+@pytest.mark.parametrize("packing", PACKINGS)
 def test_packed_on_cuda_gives_what_each_job_gives_alone_on_cuda(photos, packing):
     config = policy_config()
     packed = upscale_many(photos, 2, config=config, seeds=[0, 1, 2], device="cuda", pack_size=2, packing=packing)
@@ -199,3 +257,22 @@ def test_packed_on_cuda_gives_what_each_job_gives_alone_on_cuda(photos, packing)
         # cuDNN may pick other algorithms for a grouped convolution: a level of 8-bit rounding at most
         assert np.abs(as_array(result) - as_array(expected)).max() <= 1
         assert result.info["sr"]["train_steps"] == expected.info["sr"]["train_steps"]
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_a_pack_on_cuda_is_captured_once_however_its_slots_change(photos, packing):
+    config = policy_config(max_iters=60, min_learning_rate=5e-4)  # each job stops at the step of its own drop
+    tensors = [sr.images.to_tensor(image)[0].cuda() for image in [*photos, photos[0].transpose(Image.FLIP_LEFT_RIGHT)]]
+    jobs = [PackedJob(i, t, SF, config, Degradation(), seed=i, callbacks=Callbacks()) for i, t in enumerate(tensors)]
+    pack = Pack(list(jobs), 2, packing)
+    addresses = storage(pack)
+    pack.run()
+    assert pack.step.captured.captures == 1 and storage(pack) == addresses
+    for job, tensor in zip(jobs, tensors):
+        expected, info = zssr(tensor, SF, config, degradation=Degradation(), seed=job.index)  # lone, graphed
+        assert job.info()["stage_details"][0]["cuda_graph"] and info["stage_details"][0]["cuda_graph"]
+        assert job.info()["train_steps"] == info["train_steps"]
+        assert (job.output - expected.cpu()).abs().max() <= 1e-3  # cuDNN may pick other algorithms when packed
