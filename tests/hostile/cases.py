@@ -140,6 +140,14 @@ def _request_cases() -> list[Case]:
         Case("multipart without the image part", 422, "missing_image", content=(
             b'--hostile-boundary\r\nContent-Disposition: form-data; name="scale"\r\n\r\n2\r\n--hostile-boundary--\r\n'),
             headers={"content-type": MULTIPART}),
+        Case("multipart without its closing boundary", 400, "bad_request", content=(
+            b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + (CORPUS / "rgba.png").read_bytes()),
+            headers={"content-type": MULTIPART}),
+        Case("multipart cut inside its closing boundary", 400, "bad_request", content=(
+            b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + (CORPUS / "rgba.png").read_bytes() + b"\r\n--hostile-bou"),
+            headers={"content-type": MULTIPART}),
         Case("two image parts", 400, "bad_request", content=b"".join(
             b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
             b"Content-Type: image/png\r\n\r\n" + (CORPUS / "rgba.png").read_bytes() + b"\r\n" for _ in range(2))
