@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import signal
@@ -18,9 +19,9 @@ from pathlib import Path
 import uvicorn
 
 from api.main import create_app
-from api.serving import LOOP, serve_processes
+from api.serving import LOOP, http_protocol, serve_processes
 from jobs.redis_server import RedisServer, RedisUnavailable
-from jobs.settings import SettingsError, UnsafeSettings, load_settings
+from jobs.settings import Settings, SettingsError, UnsafeSettings, load_settings
 
 
 APP = "api.main:app_from_env"
@@ -48,11 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UnsafeSettings) as exc:
         print(f"api: {exc}", file=sys.stderr)
         return 2
-    options = {"factory": True, "host": host, "port": port, "log_level": args.log_level, "proxy_headers": True}
+    options = {"factory": True, "host": host, "port": port, "proxy_headers": True,
+               **server_options(settings, args.log_level)}
     if args.workers > 1:
         return serve_processes(APP, workers=args.workers, **options)  # a socket per process (api/serving.py)
     uvicorn.run(APP, loop=LOOP, **options)
     return 0
+
+
+def server_options(settings: Settings, log_level: str) -> dict:
+    """uvicorn's settings from ours: the HTTP protocol with the client deadline, the proxies believed, and a
+    logging configuration that shows our own loggers' lines beside uvicorn's, at the same level."""
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for package in ("api", "jobs"):
+        log_config["loggers"][package] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    return {"http": http_protocol(settings.client_timeout_seconds), "forwarded_allow_ips": settings.forwarded_allow_ips,
+            "log_level": log_level, "log_config": log_config}
 
 
 # --- `--dev`: Redis (REDIS_URL when set, else a private redis-server in a temporary directory), one
@@ -77,7 +89,8 @@ def run_dev(*, host: str | None, port: int | None, log_level: str = "info") -> i
         where = "embedded redis-server" if redis_server else "REDIS_URL"
         print(f"ZSSR upscaler (dev): http://{host}:{port}  docs: http://{host}:{port}/docs  "
               f"Redis: {where}; one worker (all queues). Ctrl-C stops all.", file=sys.stderr, flush=True)
-        config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level, loop=LOOP)
+        config = uvicorn.Config(create_app(settings), host=host, port=port, loop=LOOP,
+                                **server_options(settings, log_level))
         server = uvicorn.Server(config)
         server.run()
         return 0

@@ -1,7 +1,8 @@
 """Every error the API answers has the shape `{"error": {"code": str, "message": str}}`.
 
-This includes FastAPI's own validation errors, Starlette's 404/405, a body over the size limit, a Redis
-outage (503 with Retry-After) and anything unexpected (500, logged, no traceback in the answer).
+This includes FastAPI's own validation errors, Starlette's 404/405 (a 405 lists every method of its path), a body over
+the size limit, a Redis outage (503 with Retry-After) and anything unexpected (500, logged, no traceback in the
+answer). A client that goes away before its body arrived gets nothing, and leaves one debug line.
 """
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import kombu.exceptions
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from api.headers import allowed_methods
 
 log = logging.getLogger(__name__)
 STORE_RETRY_AFTER_SECONDS = 5
@@ -50,10 +54,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_parameters", _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, code, message, headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> Response:
+        # Any client can cut its upload short, as often as it likes: a traceback each time would flood the log.
+        log.debug("%s %s: the connection closed before the body arrived", request.method, request.scope["path"])
+        return Response(status_code=400)  # never sent: the server drops what is sent to a closed connection
 
     @app.exception_handler(redis.RedisError)
     async def _store_down(_: Request, exc: redis.RedisError) -> JSONResponse:

@@ -16,7 +16,7 @@ import httpx
 
 from api.errors import ApiError
 from jobs.settings import Settings
-from jobs.webhooks import METADATA_ADDRESSES, TargetRefused, pinned_url, resolve_target
+from jobs.webhooks import METADATA_ADDRESSES, TargetRefused, embedded_ipv4, pinned_url, resolve_target
 
 FIELD = "image_url"
 MAX_REDIRECTS = 3
@@ -69,6 +69,8 @@ async def checked_address(url: str, settings: Settings) -> str:
 def _never_fetched(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Link-local (169.254.169.254 serves cloud credentials) and metadata addresses are refused even where private
     targets are allowed: no image host lives there."""
+    if isinstance(address, ipaddress.IPv6Address) and any(_never_fetched(ipv4) for ipv4 in embedded_ipv4(address)):
+        return True
     return address.is_link_local or address in METADATA_ADDRESSES
 
 

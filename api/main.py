@@ -7,8 +7,12 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 from PIL import Image
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
+from api.deps import AuthFailures
 from api.errors import install_error_handlers
+from api.headers import HeadAsGet, NoSniff
 from api.limits import BodySizeLimit
 from api.routes import events, health, jobs, page
 from jobs.heap import freeze_startup_objects
@@ -29,6 +33,19 @@ WARM_REDIS_CONNECTIONS = 64
 # Requested in-process at start-up, neither needing a key nor the store: a path no route serves (answered 404 by
 # routing, which walks every router on the way) and the liveness route (one whole request handler).
 WARM_UP_PATHS = ("/.warm-up", "/healthz")
+# What a browser app on an allowed origin (UPSCALER_CORS_ORIGINS) may send and read; the key travels in a header,
+# never in a cookie, so no credentials mode.
+CORS_METHODS = ("GET", "HEAD", "POST")
+CORS_REQUEST_HEADERS = ("Authorization", "X-Api-Key", "Content-Type", "Idempotency-Key")
+CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "Content-Disposition")
+CORS_MAX_AGE_SECONDS = 600
+
+
+class UpscalerAPI(FastAPI):
+    """FastAPI with HEAD as GET and `nosniff` around everything, Starlette's error middleware (its 500s) included."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return NoSniff(HeadAsGet(super().build_middleware_stack()))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,10 +60,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.store.close()
 
-    app = FastAPI(title="ZSSR upscaler", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # redirect_slashes off: Starlette's redirect of /v1/jobs/ to /v1/jobs builds its Location from the Host header
+    app = UpscalerAPI(title="ZSSR upscaler", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                      redirect_slashes=False)
     app.state.settings = settings
+    app.state.auth_failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_image_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=CORS_METHODS,
+                           allow_headers=CORS_REQUEST_HEADERS, expose_headers=CORS_EXPOSED_HEADERS,
+                           max_age=CORS_MAX_AGE_SECONDS)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)

@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import TOKEN_CHARS, MultipartParser, parse_options_header
+from python_multipart.multipart import TOKEN_CHARS, MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
 
@@ -128,8 +128,8 @@ def decode(raw: bytes | bytearray, charset: str) -> str:
 
 async def read_form(request: Request, *, max_files: int, max_fields: int, max_field_bytes: int,
                     max_file_bytes: int, small_body_bytes: int = 64 * 1024) -> Form:
-    """The request's multipart body as a Form; MultipartError (answer 400) if it is malformed or over a part
-    limit, FileTooLarge (answer 413) if a file part exceeds `max_file_bytes`.
+    """The request's multipart body as a Form; MultipartError (answer 400) if it is malformed (a body without its
+    closing boundary too) or over a part limit, FileTooLarge (answer 413) if a file part exceeds `max_file_bytes`.
 
     A body of at most `small_body_bytes` (by its Content-Length) is read whole and, when it has the plain shape
     that clients send, split at its boundaries (`plain_parts`); anything else goes through python-multipart."""
@@ -158,7 +158,14 @@ async def read_form(request: Request, *, max_files: int, max_fields: int, max_fi
         parser.finalize()
     except FormParserError:
         raise MultipartError("Invalid multipart data.") from None
+    if parser.state != MultipartState.END:
+        # python-multipart (and Starlette) hand back the parts that ended, silently dropping one cut short; a
+        # body that stops before its closing delimiter was cut off or is malformed either way
+        raise MultipartError(UNTERMINATED)
     return reader.form
+
+
+UNTERMINATED = "Invalid multipart data: the body ends before its closing boundary."
 
 
 # python-multipart's limits on a part's headers (MultipartParser's defaults): a body near them takes its path.

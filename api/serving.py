@@ -9,6 +9,11 @@ accepts up to the backlog at each wake-up; this loop does the same and keeps uvl
 
 uvicorn takes it by name: `uvicorn.run(..., loop=LOOP)`.
 
+The HTTP protocol (`http_protocol(client_timeout)`, uvicorn's `http` setting) is uvicorn's httptools one with
+deadlines on the client: uvicorn closes a kept-alive connection idle between requests (timeout_keep_alive), but
+waits without end for a new connection's first request, for headers sent a byte at a time and for a body that
+stalls, each holding a socket and a little memory.
+
 `python -m api --workers N` (N > 1, `serve_processes`): each process binds a listening socket of its own to the
 port with SO_REUSEPORT, once its app has started (warm-up included), and the kernel spreads new connections across
 the sockets. Sharing one socket instead, a burst of connections went mostly to whichever process woke first (with
@@ -22,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 try:
@@ -161,6 +168,80 @@ def new_reuse_port_event_loop() -> asyncio.AbstractEventLoop:
 
 REUSE_PORT_LOOP = "api.serving:new_reuse_port_event_loop"
 CAN_REUSE_PORT = uvloop is not None and hasattr(socket, "SO_REUSEPORT")
+
+
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                   b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n")
+
+
+class ClientDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline on the client: a request's headers must all arrive within
+    `client_timeout` seconds of the connection's opening (its first request) or of the request's first byte (later
+    ones; uvicorn's keep-alive timeout covers the wait before it), and its body may not pause longer than that
+    between two reads. Past it the connection is answered 408 (unless an answer has begun) and closed; a route
+    waiting for the body sees the client gone. While the server itself has stopped reading (the route is not
+    reading its body yet), the deadline waits."""
+
+    def __init__(self, *args, client_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.client_timeout = client_timeout
+        self.client_deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.client_deadline = self.loop.call_later(self.client_timeout, self._client_timed_out)
+
+    def _disarm(self) -> None:
+        if self.client_deadline is not None:
+            self.client_deadline.cancel()
+            self.client_deadline = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.client_deadline is None:  # a later request's first byte; the first request's runs from the connection
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm()  # now the body's (on_message_complete follows at once when there is none)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def _client_timed_out(self) -> None:
+        self.client_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the server is not reading: not the client's delay
+            self._arm()
+            return
+        cycle = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
+        if cycle is None or not cycle.response_started:
+            if cycle is not None:  # the route waiting for the body sees the client gone (and logs it), and nothing
+                cycle.disconnected = True  # it sends goes out
+                cycle.message_event.set()
+            else:
+                log.debug("closing a connection from %s: no request within %g s", self.client, self.client_timeout)
+            self.transport.write(REQUEST_TIMEOUT)
+        self.transport.close()
+
+
+def http_protocol(client_timeout: float) -> Callable[..., asyncio.Protocol]:
+    """uvicorn's `http` setting: its httptools protocol with a deadline on the client (ClientDeadlineProtocol)."""
+    return functools.partial(ClientDeadlineProtocol, client_timeout=client_timeout)
 
 
 def serve_processes(app: str, *, workers: int, **options) -> int:

@@ -59,6 +59,21 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(100, ge=0)  # unfinished (queued or running) jobs per key; 0 = no limit
     rate_limit_per_second: float = Field(50, ge=0)  # requests per second per key, sustained; 0 = no limit
     rate_limit_burst: int = Field(100, ge=1)  # requests a key may send at once above the sustained rate
+    # Failed authentications (a missing or wrong key) per client address (an IPv6 client's /64) in a window that
+    # starts at its first failure; past it, every request from that address is answered 429 until the window ends.
+    # 0 = no limit.
+    auth_failure_limit: int = Field(20, ge=0)
+    auth_failure_window_seconds: int = Field(60, ge=1)
+    # A connection whose request headers have not all arrived this long after it opened (or after the request's
+    # first byte, on a kept-alive connection), or whose body stalls this long, is answered 408 and closed.
+    client_timeout_seconds: float = Field(10.0, gt=0)
+    # Comma-separated origins of browser apps allowed to call the API (CORS, preflight answered), e.g.
+    # "https://app.example.com"; "*" for any; empty = none (browsers then refuse cross-origin calls).
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Addresses of the reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips: comma-separated addresses or networks, "*" for any): the client address that failed
+    # authentications are counted against comes from there.
+    forwarded_allow_ips: str = "127.0.0.1"
     progress_interval_seconds: float = Field(0.5, ge=0)  # at most two progress writes a second
     webhook_max_attempts: int = Field(8, ge=1)
     webhook_backoff_seconds: float = Field(5.0, ge=0)  # first retry delay; doubles each attempt
@@ -87,6 +102,19 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        for origin in value:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
+                                  or origin != f"{parts.scheme}://{parts.netloc}"):
+                # a browser's Origin is scheme://host[:port], nothing after: anything else would never match
+                raise ValueError(f"UPSCALER_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]) or *")
         return value
 
     @field_validator("zssr_overrides", mode="before")

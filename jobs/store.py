@@ -443,6 +443,17 @@ class AsyncJobStore:
         allowed, wait_ms = await self._rate(keys=[rate.key], args=rate.args)
         return 0.0 if allowed else int(wait_ms) / 1000
 
+    async def count_auth_failure(self, client: str, window_seconds: int) -> tuple[int, int]:
+        """Count a failed authentication of `client` in its window (which starts at its first failure); returns
+        the failures counted in the window and the seconds left of it."""
+        key = f"{PREFIX}auth-failures:{client}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, 0, ex=window_seconds, nx=True)
+        pipe.incr(key)
+        pipe.ttl(key)
+        _, failures, seconds_left = await pipe.execute()
+        return int(failures), max(1, int(seconds_left))
+
     async def lookup(self, job_id: str, *, rate: RateLimit | None = None) -> Lookup:
         """The job, its deliveries and its tombstone; with `rate`, the request is counted in the same round trip."""
         try:

@@ -72,9 +72,41 @@ def check_url_syntax(url: str, field: str = "webhook_url") -> None:
         raise TargetRefused(f"{field} has an invalid port") from None
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: a connection to one reaches that IPv4
+# address (the host's own stack for IPv4-mapped, a NAT64 gateway or an SIIT translator for the others), so it is
+# judged by the IPv4 address. Python's is_global counts most of them as global.
+_LAST_32_BITS = (
+    ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped (RFC 4291)
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated, RFC 4291)
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT, RFC 2765)
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64's well-known prefix (RFC 6052)
+)
+# NAT64's local-use prefix (RFC 8215): the operator picks where in it the IPv4 address sits, so none of it is sent to.
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: the last 32 bits of the prefixes above, 6to4's (2002::/16,
+    bits 16-47), Teredo's server (bits 32-63) and client (the last 32 bits, inverted) for 2001::/32."""
+    if any(address in network for network in _LAST_32_BITS):
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return []
+
+
 def is_refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether no request may be sent to `address` (a webhook delivery, a fetch): loopback, private, link-local,
+    multicast, reserved, a cloud metadata address, or an IPv6 address that carries such an IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            return True
+        if address.ipv4_mapped is not None:  # the host's own IPv4 stack: that address alone decides
+            return is_refused_address(address.ipv4_mapped)
+        if any(is_refused_address(ipv4) for ipv4 in embedded_ipv4(address)):
+            return True
     return (not address.is_global) or address.is_multicast or address in METADATA_ADDRESSES
 
 

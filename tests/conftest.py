@@ -46,6 +46,9 @@ def service_env(redis_server) -> dict[str, str]:
         # Every test shares the one open-access key: no request-rate limit here (tests/hostile/test_access.py
         # turns it on where it is the subject).
         "UPSCALER_RATE_LIMIT_PER_SECOND": "0",
+        # Every in-process client has one address ("testclient"), whatever test it serves: no limit on failed
+        # authentications here either (tests/hostile/test_http.py turns it on).
+        "UPSCALER_AUTH_FAILURE_LIMIT": "0",
     }
 
 

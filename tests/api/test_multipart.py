@@ -1,5 +1,6 @@
 """api/multipart.py gives the parts, and the errors, Starlette's request.form() gives (the parser the API used
-before), over a corpus of bodies: what clients send, hostile shapes, and seeded random mutations of both."""
+before), over a corpus of bodies: what clients send, hostile shapes, and seeded random mutations of both; except that
+a body without its closing boundary, of which Starlette keeps the parts that ended, is refused."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from api.multipart import FileTooLarge, MultipartError, plain_parts, read_form
+from python_multipart.multipart import MultipartParser, MultipartState
+
+from api.multipart import UNTERMINATED, FileTooLarge, MultipartError, plain_parts, read_form
 
 B = b"b0undary-7f3a"
 LIMITS = {"max_files": 1, "max_fields": 16}
@@ -162,11 +165,29 @@ CORPUS = ([(f"client {i}", ct, b) for i, (ct, b) in enumerate(client_bodies())]
              ("quoted boundary", f'multipart/form-data; boundary="{B.decode()}"', PLAIN[1])])
 
 
+def expected(data: bytes, content_type: str) -> tuple:
+    """Starlette's answer, or the refusal of a body that python-multipart never saw close."""
+    answer = starlettes(data, content_type)
+    if answer[0] == "ok":
+        parser = MultipartParser(content_type.partition("boundary=")[2].strip('"').partition(";")[0], {})
+        parser.write(data)
+        if parser.state != MultipartState.END:
+            return ("error", UNTERMINATED)
+    return answer
+
+
 @pytest.mark.parametrize("small_body_bytes", [64 * 1024, 0], ids=["whole body", "streamed"])
 def test_every_body_gives_starlettes_parts_or_its_error(small_body_bytes):
     differing = [name for name, content_type, data in CORPUS
-                 if ours(data, content_type, small_body_bytes) != starlettes(data, content_type)]
+                 if ours(data, content_type, small_body_bytes) != expected(data, content_type)]
     assert not differing
+
+
+@pytest.mark.parametrize("data", [body(IMAGE, end=b""), body(IMAGE)[:-30], body(IMAGE)[:-3], b""],
+                         ids=["no closing boundary", "cut inside the image", "cut inside the boundary", "empty"])
+def test_a_body_without_its_closing_boundary_is_refused_where_starlette_kept_what_ended(data):
+    assert starlettes(data, CONTENT_TYPE)[0] == "ok"
+    assert ours(data, CONTENT_TYPE, 64 * 1024) == ("error", UNTERMINATED)
 
 
 def test_the_plain_shape_is_split_directly_and_anything_else_is_left_to_python_multipart():

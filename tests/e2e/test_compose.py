@@ -1,4 +1,5 @@
-"""docker-compose.yml and the Dockerfile name only services, commands, options and settings that exist."""
+"""docker-compose.yml and the Dockerfile name only services, commands, options and settings that exist; the reverse
+proxy in front of the API (deploy/nginx.conf) has its own limits on slow clients and on body size."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 import api.__main__ as api_cli
+from api.limits import body_limit
 import worker.__main__ as worker_cli
 from jobs.settings import Settings
 
@@ -72,10 +74,73 @@ def test_every_service_has_a_healthcheck_that_names_real_commands(name):
         assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_the_api_listens_on_all_interfaces_and_is_published():
+def test_the_api_listens_on_all_interfaces_behind_the_proxy():
     api = SERVICES["api"]
     assert api["environment"]["UPSCALER_HOST"] == "0.0.0.0"
-    assert any(port.endswith(":8000") for port in api["ports"])
+    assert "ports" not in api, "published, the API could be reached around the proxy and its limits"
+    assert api["expose"] == [api["environment"]["UPSCALER_PORT"]]
+    # it believes the proxy's X-Forwarded-For (failed authentications are counted per client address)
+    assert api["environment"]["UPSCALER_FORWARDED_ALLOW_IPS"]
+
+
+PROXY = SERVICES["proxy"]
+NGINX_CONF = next((ROOT / source).read_text() for source, target, *_ in (v.split(":") for v in PROXY["volumes"])
+                  if target == "/etc/nginx/conf.d/default.conf")
+
+
+def nginx_directives(text: str) -> dict[str, list[str]]:
+    """Each directive's arguments, by name (every occurrence), comments dropped."""
+    found: dict[str, list[str]] = {}
+    for statement in re.sub(r"#[^\n]*", "", text).replace("{", ";").replace("}", ";").split(";"):
+        words = statement.split()
+        if words:
+            found.setdefault(words[0], []).append(" ".join(words[1:]))
+    return found
+
+
+def nginx_seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m)?", value).groups()
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[unit]
+
+
+def nginx_bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG])?", value).groups()
+    return int(number) * {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[unit and unit.lower()]
+
+
+def test_a_reverse_proxy_is_the_only_published_port_and_waits_for_a_healthy_api():
+    assert PROXY["image"].startswith("nginx:")
+    assert PROXY["ports"] == ["${UPSCALER_PUBLISH_PORT:-8000}:8080"]
+    assert PROXY["depends_on"]["api"]["condition"] == "service_healthy"
+    test = PROXY["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[-1].endswith("/healthz")
+    assert [name for name, service in SERVICES.items() if "ports" in service] == ["proxy"]
+
+
+def test_the_proxy_forwards_to_the_api_and_names_the_client():
+    directives = nginx_directives(NGINX_CONF)
+    assert directives["listen"] == ["8080"]
+    upstream_servers = [value for value in directives["server"] if value]  # not the `server {` block
+    assert upstream_servers == [f"api:{SERVICES['api']['environment']['UPSCALER_PORT']}"]
+    assert directives["proxy_pass"] == ["http://upscaler_api"] and directives["upstream"] == ["upscaler_api"]
+    headers = dict(value.split(None, 1) for value in directives["proxy_set_header"])
+    # replaced with the peer's address: appended ($proxy_add_x_forwarded_for), a client could name its own
+    assert headers["X-Forwarded-For"] == "$remote_addr"
+
+
+def test_the_proxy_cuts_off_slow_clients():
+    directives = nginx_directives(NGINX_CONF)
+    for name, most in (("client_header_timeout", 30), ("client_body_timeout", 60), ("send_timeout", 60),
+                       ("keepalive_timeout", 75)):
+        assert 0 < nginx_seconds(directives[name][0]) <= most, name
+    assert "off" not in directives.get("proxy_request_buffering", []), "the API would wait on slow uploads itself"
+
+
+def test_the_proxys_body_limit_admits_the_apis_largest_body_and_little_more():
+    default_upload = int(re.search(r":-(\d+)", COMPOSE["x-upscaler-env"]["UPSCALER_MAX_UPLOAD_BYTES"]).group(1))
+    largest = body_limit(default_upload, "application/json")  # an image's base64 in JSON
+    proxy_limit = nginx_bytes(nginx_directives(NGINX_CONF)["client_max_body_size"][0])
+    assert largest <= proxy_limit <= largest * 1.1
 
 
 def test_the_dockerfile_copies_existing_packages_and_runs_the_api():

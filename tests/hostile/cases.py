@@ -16,6 +16,26 @@ LIMITS = {"max_upload_bytes": 256 * 1024, "webhook_allow_private": False, "rate_
 MULTIPART = "multipart/form-data; boundary=hostile-boundary"
 
 
+# Webhook targets: every IPv6 form that carries an IPv4 address, each carrying a non-public one (a black-box probe's
+# NAT64 target was accepted, and its deliveries left through the default route).
+EMBEDDED_NON_PUBLIC = {
+    "NAT64 64:ff9b::/96 (127.0.0.1)": "64:ff9b::7f00:1",
+    "NAT64 64:ff9b::/96 (169.254.169.254)": "64:ff9b::a9fe:a9fe",
+    "NAT64 64:ff9b::/96 (10.0.0.1)": "64:ff9b::a00:1",
+    "NAT64 local-use 64:ff9b:1::/48": "64:ff9b:1::808:808",
+    "6to4 2002::/16 (127.0.0.1)": "2002:7f00:1::1",
+    "6to4 2002::/16 (192.168.1.1)": "2002:c0a8:101::",
+    "Teredo 2001::/32 (client 127.0.0.1, inverted)": "2001:0:808:808:0:0:80ff:fffe",
+    "Teredo 2001::/32 (server 10.1.1.1)": "2001:0:a01:101:0:0:f7f7:f7f7",
+    "IPv4-mapped ::ffff:0:0/96 (127.0.0.1)": "::ffff:7f00:1",
+    "IPv4-mapped ::ffff:0:0/96 (100.100.100.200)": "::ffff:6464:64c8",
+    "IPv4-compatible ::/96 (127.0.0.1)": "::7f00:1",
+    "IPv4-compatible ::/96 (172.16.0.1)": "::ac10:1",
+    "IPv4-translated ::ffff:0:0:0/96 (127.0.0.1)": "::ffff:0:7f00:1",
+    "IPv4-translated ::ffff:0:0:0/96 (192.168.0.1)": "::ffff:0:c0a8:1",
+}
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -90,6 +110,9 @@ def _parameter_cases() -> list[Case]:
             code = "webhook_url_refused" if name == "webhook_url" else "invalid_parameters"
             cases.append(Case(f"field:{name}={value!r}", 422, code, file="rgba.png",
                               fields={"method": "bicubic", name: value}))
+    cases += [Case(f"field:webhook_url embeds a non-public IPv4 address: {form}", 422, "webhook_url_refused",
+                   file="rgba.png", fields={"method": "bicubic", "webhook_url": f"http://[{address}]/hook"})
+              for form, address in EMBEDDED_NON_PUBLIC.items()]
     # KernelGAN estimates kernels for x2 and x4 only: another scale is refused at submission, not failed later.
     for scale in ("3", "2.5", "8"):
         cases.append(Case(f"field:kernel='estimate' with zssr at scale {scale}", 422, "invalid_parameters",
@@ -116,6 +139,14 @@ def _request_cases() -> list[Case]:
              headers={"content-type": MULTIPART}),
         Case("multipart without the image part", 422, "missing_image", content=(
             b'--hostile-boundary\r\nContent-Disposition: form-data; name="scale"\r\n\r\n2\r\n--hostile-boundary--\r\n'),
+            headers={"content-type": MULTIPART}),
+        Case("multipart without its closing boundary", 400, "bad_request", content=(
+            b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + (CORPUS / "rgba.png").read_bytes()),
+            headers={"content-type": MULTIPART}),
+        Case("multipart cut inside its closing boundary", 400, "bad_request", content=(
+            b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + (CORPUS / "rgba.png").read_bytes() + b"\r\n--hostile-bou"),
             headers={"content-type": MULTIPART}),
         Case("two image parts", 400, "bad_request", content=b"".join(
             b'--hostile-boundary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'

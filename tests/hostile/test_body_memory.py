@@ -5,19 +5,11 @@ are streamed at it over raw sockets, with and without Content-Length, against a 
 """
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from jobs.redis_server import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 1024 * 1024
 MiB = 1024 * 1024
 
@@ -30,26 +22,9 @@ def resident_bytes(pid: int) -> int:
 
 
 @pytest.fixture
-def api_process(service_env, worker_process, tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_") and k != "REDIS_URL"}
-    env.update(service_env, PYTHONPATH=str(ROOT), UPSCALER_MAX_UPLOAD_BYTES=str(LIMIT), UPSCALER_PORT=str(port))
-    log = open(tmp_path / "api.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "api", "--log-level", "warning"], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-        time.sleep(0.1)
-    yield process, port
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+def api_process(start_api):
+    api = start_api(UPSCALER_MAX_UPLOAD_BYTES=str(LIMIT))
+    return api.process, api.port
 
 
 def stream_body(port: int, size: int, *, chunked: bool, content_type: str) -> tuple[bytes, int]:

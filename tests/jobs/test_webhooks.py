@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import sys
+import threading
 import time
 
 import pytest
 from pydantic import SecretStr
 
 from jobs.settings import secret_key_bytes
-from jobs.webhooks import (TargetRefused, backoff_seconds, deliver, resolve_target, sign, verify,
-                             webhook_id)
+from tests.hostile.cases import EMBEDDED_NON_PUBLIC
+from jobs.webhooks import (TargetRefused, backoff_seconds, deliver, embedded_ipv4, is_refused_address, resolve_target,
+                           sign, verify, webhook_id)
 
 
 def test_signature_matches_the_standard_webhooks_reference_vector():
@@ -61,6 +65,63 @@ def test_a_public_address_passes_the_guard():
 
 def test_a_refused_target_is_recorded_without_a_connection_and_not_retried():
     attempt = deliver("http://127.0.0.1:9/hook", message_id="msg_1", body="{}", key=b"k" * 16,
+                      allow_private=False, timeout=1)
+    assert not attempt.delivered and not attempt.retryable and attempt.status is None
+    assert "non-public" in attempt.error
+
+
+def test_the_embedded_address_is_where_each_form_puts_it():
+    assert embedded_ipv4(ipaddress.IPv6Address("64:ff9b::7f00:1")) == [ipaddress.IPv4Address("127.0.0.1")]
+    assert embedded_ipv4(ipaddress.IPv6Address("2002:c0a8:101::")) == [ipaddress.IPv4Address("192.168.1.1")]
+    assert embedded_ipv4(ipaddress.IPv6Address("2001:0:808:808:0:0:80ff:fffe")) == [
+        ipaddress.IPv4Address("8.8.8.8"), ipaddress.IPv4Address("127.0.0.1")]
+    assert embedded_ipv4(ipaddress.IPv6Address("::ffff:0:c0a8:1")) == [ipaddress.IPv4Address("192.168.0.1")]
+    assert embedded_ipv4(ipaddress.IPv6Address("2606:4700::1111")) == []
+
+
+@pytest.mark.parametrize("address", EMBEDDED_NON_PUBLIC.values(), ids=EMBEDDED_NON_PUBLIC.keys())
+def test_an_ipv6_address_that_embeds_a_non_public_ipv4_address_is_refused(address):
+    assert is_refused_address(ipaddress.IPv6Address(address))
+    with pytest.raises(TargetRefused, match="non-public"):
+        resolve_target(f"http://[{address}]:8080/hook", allow_private=False)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:808:808", "2606:4700::1111",
+                                     "93.184.216.34"])
+def test_an_address_that_embeds_a_public_ipv4_address_passes(address):
+    assert not is_refused_address(ipaddress.ip_address(address))
+
+
+_connecting = threading.local()
+
+
+def _refuse_connections_off_this_machine(event: str, args: tuple) -> None:
+    """An audit hook: while a test holds `loopback_only`, a connection to any address but loopback raises."""
+    if event == "socket.connect" and getattr(_connecting, "loopback_only", False):
+        address = args[1]
+        if isinstance(address, tuple) and not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+            raise ConnectionRefusedError(f"test guard: no connection off this machine ({address[0]})")
+
+
+sys.addaudithook(_refuse_connections_off_this_machine)
+
+
+@pytest.fixture
+def loopback_only():
+    _connecting.loopback_only = True
+    yield
+    _connecting.loopback_only = False
+
+
+def test_the_guard_stops_a_connection_off_this_machine(loopback_only):
+    attempt = deliver("http://[2606:4700::1111]:9/hook", message_id="msg_1", body="{}", key=b"k" * 16,
+                      allow_private=False, timeout=1)
+    assert not attempt.delivered and attempt.retryable  # it got as far as connecting, and the guard stopped it
+
+
+@pytest.mark.parametrize("address", EMBEDDED_NON_PUBLIC.values(), ids=EMBEDDED_NON_PUBLIC.keys())
+def test_a_delivery_to_an_embedded_non_public_address_is_refused_before_connecting(address, loopback_only):
+    attempt = deliver(f"http://[{address}]/hook", message_id="msg_1", body="{}", key=b"k" * 16,
                       allow_private=False, timeout=1)
     assert not attempt.delivered and not attempt.retryable and attempt.status is None
     assert "non-public" in attempt.error

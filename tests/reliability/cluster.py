@@ -38,6 +38,8 @@ FAULT_ENV = {
     "UPSCALER_PROGRESS_INTERVAL_SECONDS": "0.1",
     "UPSCALER_JOB_TIME_LIMIT_SECONDS": "120",
     "UPSCALER_LOG_LEVEL": "INFO",
+    # every in-process client has one address ("testclient"): tests/reliability/test_access.py tries 30 wrong keys
+    "UPSCALER_AUTH_FAILURE_LIMIT": "0",
 }
 
 
