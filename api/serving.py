@@ -170,6 +170,16 @@ REUSE_PORT_LOOP = "api.serving:new_reuse_port_event_loop"
 CAN_REUSE_PORT = uvloop is not None and hasattr(socket, "SO_REUSEPORT")
 
 
+# A request's target and header lines together may hold this much (httptools, unlike h11, sets no bound: within the
+# deadline a client could send headers without end); past it uvicorn answers 400 and closes, as for any request it
+# cannot parse. nginx's default allows 4 header lines of 8 KiB each.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class HeadersTooLarge(Exception):
+    pass
+
+
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                    b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n")
 
@@ -180,12 +190,14 @@ class ClientDeadlineProtocol(HttpToolsProtocol):
     ones; uvicorn's keep-alive timeout covers the wait before it), and its body may not pause longer than that
     between two reads. Past it the connection is answered 408 (unless an answer has begun) and closed; a route
     waiting for the body sees the client gone. While the server itself has stopped reading (the route is not
-    reading its body yet), the deadline waits."""
+    reading its body yet), the deadline waits. A request's target and headers may hold MAX_HEADER_BYTES."""
 
     def __init__(self, *args, client_timeout: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.client_timeout = client_timeout
         self.client_deadline: asyncio.TimerHandle | None = None
+        self.reading_headers = True  # from the connection's opening, or a request's first byte, to its headers' end
+        self.header_bytes = 0
 
     def _arm(self) -> None:
         self._disarm()
@@ -206,11 +218,28 @@ class ClientDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.reading_headers = True
+        self.header_bytes = 0
         if self.client_deadline is None:  # a later request's first byte; the first request's runs from the connection
             self._arm()
 
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, count: int) -> None:
+        self.header_bytes += count
+        if self.header_bytes > MAX_HEADER_BYTES:
+            # raised inside the parser, it ends the parse as an invalid request (uvicorn: 400, close)
+            raise HeadersTooLarge()
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.reading_headers = False
         self._arm()  # now the body's (on_message_complete follows at once when there is none)
 
     def on_body(self, body: bytes) -> None:
@@ -228,14 +257,15 @@ class ClientDeadlineProtocol(HttpToolsProtocol):
         if self.flow.read_paused:  # the server is not reading: not the client's delay
             self._arm()
             return
-        cycle = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
-        if cycle is None or not cycle.response_started:
-            if cycle is not None:  # the route waiting for the body sees the client gone (and logs it), and nothing
-                cycle.disconnected = True  # it sends goes out
-                cycle.message_event.set()
-            else:
-                log.debug("closing a connection from %s: no request within %g s", self.client, self.client_timeout)
+        if self.reading_headers:
+            log.debug("closing a connection from %s: no request within %g s", self.client, self.client_timeout)
             self.transport.write(REQUEST_TIMEOUT)
+        elif not self.cycle.response_started:
+            # the route waiting for the body sees the client gone (and logs it); nothing it sends goes out
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+            self.transport.write(REQUEST_TIMEOUT)
+        # else an answer has begun (or ended, the rest of its body still trickling in): it is cut off as it is
         self.transport.close()
 
 

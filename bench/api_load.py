@@ -4,6 +4,7 @@
   python bench/api_load.py --clients 50 --jobs 500 --poll-seconds 10 --api-workers 1
   python bench/api_load.py --idempotency key      # an Idempotency-Key on every submission (its cost in the p99)
   python bench/api_load.py --idempotency twice    # ... and every submission sent twice: duplicate_jobs must be 0
+  python bench/api_load.py --slow-clients 200     # and 200 connections that never finish their request
 
 Phase 1 (load): each client submits a job, polls it back to back until it is finished, fetches the
 result, and takes the next job, until all jobs are done. Phase 2 (polls): every client polls finished
@@ -170,6 +171,41 @@ async def poll_client(host: str, port: int, job_ids: list[str], until: float, ta
         connection.close()
 
 
+async def slow_client(host: str, port: int, kind: str, cap: float, closes: list[tuple[float, bool]],
+                      connected: asyncio.Queue) -> None:
+    """A connection that never finishes its request: "headers" sends them a byte a second, "body" sends them whole
+    and then a body that stops after its first bytes. Puts None in `connected` once connected; records when the
+    server closed it (seconds after it opened) and whether it answered 408; nothing if it was still open after
+    `cap` seconds."""
+    reader, writer = await asyncio.open_connection(host, port)
+    opened = time.perf_counter()
+    connected.put_nowait(None)
+    if kind == "body":
+        writer.write(f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n"
+                     f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n--{BOUNDARY}\r\n".encode())
+        trickle = b""
+    else:
+        trickle = f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nX-Slow: {'a' * 1000}".encode()
+    answer = b""
+    try:
+        while time.perf_counter() - opened < cap:
+            if trickle:
+                writer.write(trickle[:1])
+                trickle = trickle[1:]
+            try:
+                chunk = await asyncio.wait_for(reader.read(4096), 1.0)
+            except asyncio.TimeoutError:
+                continue
+            if not chunk:
+                closes.append((time.perf_counter() - opened, answer.startswith(b"HTTP/1.1 408")))
+                return
+            answer += chunk
+    except OSError:
+        closes.append((time.perf_counter() - opened, answer.startswith(b"HTTP/1.1 408")))
+    finally:
+        writer.close()
+
+
 def cpu_seconds(pids: list[int], *, descendants: bool = True) -> float:
     """User + system CPU seconds of these processes, and of their descendants unless told not to (from /proc)."""
     ticks, seen, frontier = 0, set(), list(pids)
@@ -232,6 +268,11 @@ def main() -> int:
                         help="key: an Idempotency-Key on every submission; twice: and each sent twice (0 duplicates)")
     parser.add_argument("--light-concurrency", type=int, default=4)
     parser.add_argument("--worker-nice", type=int, help="UPSCALER_WORKER_NICE for the worker (default: its default)")
+    parser.add_argument("--slow-clients", type=int, default=0,
+                        help="connections that never finish their request, opened as the load phase starts (half "
+                             "trickle their headers, half stall their body); the run waits for the API to close them")
+    parser.add_argument("--client-timeout", type=float,
+                        help="UPSCALER_CLIENT_TIMEOUT_SECONDS for the API (default: its default)")
     args = parser.parse_args()
 
     workdir, redis_server, port, env = private_stack("api-load-")
@@ -241,6 +282,8 @@ def main() -> int:
                UPSCALER_MAX_ACTIVE_JOBS_PER_KEY="0")
     if args.worker_nice is not None:
         env["UPSCALER_WORKER_NICE"] = str(args.worker_nice)
+    if args.client_timeout is not None:
+        env["UPSCALER_CLIENT_TIMEOUT_SECONDS"] = str(args.client_timeout)
     logs = open(workdir / "services.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "worker", "--concurrency", str(args.light_concurrency)],
                               cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT)
@@ -252,16 +295,25 @@ def main() -> int:
         body = multipart_body(small_png(args.size, args.size), {"method": "bicubic", "scale": "2"})
         expected = (args.size * 2, args.size * 2)
         load, polls = Tally(), Tally()
+        slow_closes: list[tuple[float, bool]] = []  # (seconds open, answered 408) of each slow client closed
+        slow_cap = 120.0  # a slow client still open this long was never closed
         pids = {"api": [api.pid], "worker": [worker.pid], "redis": [redis_server.process.pid]}
 
         async def run_load() -> float:
             queue: asyncio.Queue = asyncio.Queue()
             for i in range(args.jobs):
                 queue.put_nowait(i)
+            connected: asyncio.Queue = asyncio.Queue()
+            slow = [asyncio.create_task(slow_client("127.0.0.1", port, ("headers", "body")[i % 2], slow_cap,
+                                                    slow_closes, connected)) for i in range(args.slow_clients)]
+            for _ in slow:  # all connected before the load starts
+                await connected.get()
             started = time.perf_counter()
             await asyncio.gather(*(load_client("127.0.0.1", port, body, expected, queue, load, args.poll_interval,
                                                args.idempotency) for _ in range(args.clients)))
-            return time.perf_counter() - started
+            wall = time.perf_counter() - started
+            await asyncio.gather(*slow)
+            return wall
 
         async def run_polls() -> float:
             started = time.perf_counter()
@@ -303,6 +355,12 @@ def main() -> int:
             "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "cores": os.cpu_count(), "api_workers": args.api_workers, "worker_nice": worker_nice,
         }
+        if args.slow_clients:
+            seconds = [s for s, _ in slow_closes]
+            report.update(slow_clients=args.slow_clients, slow_closed=len(slow_closes),
+                          slow_answered_408=sum(answered for _, answered in slow_closes),
+                          slow_closed_after_s_min=round(min(seconds, default=0), 2),
+                          slow_closed_after_s_max=round(max(seconds, default=0), 2))
         print(json.dumps(report, indent=2))
         return 0 if lost == 0 and not load.wrong and not load.duplicate_jobs else 1
     finally:

@@ -100,3 +100,17 @@ def test_a_body_that_keeps_coming_within_the_deadline_is_served(api):
             sock.sendall(piece)
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+
+
+def test_headers_without_end_are_refused_before_the_deadline(api):
+    """Within its deadline a client could send header lines without end (httptools sets no bound): past 64 KiB the
+    request is refused (400) and the connection closed."""
+    with connect(api) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(100):  # 100 x 2 KiB
+                sock.sendall(b"X-Pad: " + b"p" * 2040 + b"\r\n")
+        except OSError:
+            pass  # closed while sending: refused
+        answer, seconds = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400") and seconds < DEADLINE
