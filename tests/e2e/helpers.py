@@ -88,7 +88,7 @@ class WebhookReceiver:
                     receiver.attempts_by_id[message_id] += 1
                     attempt = receiver.attempts_by_id[message_id]
                     receiver.received.append({
-                        "headers": headers, "body": json.loads(body), "attempt": attempt,
+                        "headers": headers, "body": json.loads(body), "raw": body, "attempt": attempt,
                         "verified": verify(secret_key_bytes_of(WEBHOOK_SECRET), headers, body)})
                 if receiver.redirect:
                     self.send_response(302)
