@@ -10,7 +10,7 @@ import pytest
 
 from api.main import create_app
 from tests.live import serve
-from worker.settings import Settings
+from jobs.settings import Settings
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 from PIL import Image
 
 from tests.e2e.helpers import png_bytes
-from worker.redis_server import free_port
+from jobs.redis_server import free_port
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 from api.main import create_app
 from tests.e2e.helpers import WEBHOOK_SECRET, WebhookReceiver, png_bytes, secret_key_bytes_of
 from tests.live import serve
-from worker.webhooks import sign
+from jobs.webhooks import sign
 from zssr_client import Client, verify_webhook
 
 
