@@ -27,6 +27,8 @@ PARTS = {
     "claim_events": ("prelude",),
     "record_delivery": ("prelude",),
     "keep_event_body": ("prelude",),
+    "claim_orphans": ("prelude",),
+    "forget_trash": ("prelude",),
 }
 
 
