@@ -91,8 +91,10 @@ class SeaweedS3:
         return self
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen:
+        # not the caller's AWS_* variables: weed would add an identity of its own from them
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with open(self.directory / log_name, "ab") as log:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def _wait_writable(self, timeout: float) -> None:
         import boto3  # noqa: PLC0415 - a dev dependency; only the readiness probe uses it
@@ -108,15 +110,15 @@ class SeaweedS3:
                 raise RuntimeError(f"weed s3 exited with {self.process.returncode}; see {self.directory}")
             try:
                 try:
+                    client.put_object(Bucket=probe_bucket, Key="probe", Body=b"ready")
+                    return
+                except client.exceptions.NoSuchBucket:
                     client.create_bucket(Bucket=probe_bucket)
-                except client.exceptions.BucketAlreadyOwnedByYou:
-                    pass
-                client.put_object(Bucket=probe_bucket, Key="probe", Body=b"ready")
-                return
-            except Exception:
+                    continue
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS did not accept writes within {timeout:g} s; "
+                    raise RuntimeError(f"SeaweedFS did not accept writes within {timeout:g} s ({exc}); "
                                        f"see the logs in {self.directory}") from None
                 time.sleep(0.3)
 

@@ -92,6 +92,9 @@ def test_a_frozen_worker_never_runs_on_beside_the_worker_that_took_its_job_over(
         assert_served_result_is_the_stored_one(client, cluster, done, (80, 60))
         assert_one_terminal_webhook(cluster, receiver, job["id"], "job.succeeded")
         assert frozen.alive()
+        if cluster.store.blobs is not None:  # nothing of the frozen run's is stored: the input went, the result stays
+            cluster.wait_until_swept()
+            assert cluster.store.blobs.keys() == [cluster.store.fields(job["id"])["result_key"]]
 
 
 def test_a_worker_stopped_with_sigterm_hands_its_running_job_back(fresh):
