@@ -295,6 +295,12 @@ class JobStore:
         self._put(key, data, give_up=False)
         return key
 
+    def give_up_put(self, key: str) -> None:
+        """A stored object that will not be recorded (its run stopped): due for deletion now."""
+        pipe = self.redis.pipeline(transaction=True)
+        _give_up(pipe, key)
+        pipe.execute()
+
     def _put(self, key: str, data: bytes, *, give_up: bool) -> bool:
         """Put an object, its intent in `blobs:pending` first (so a crash mid-put orphans nothing). On failure:
         `give_up` schedules its deletion and answers False; else raises StorageUnavailable and leaves the intent,
@@ -306,9 +312,7 @@ class JobStore:
             if not give_up:
                 raise
             log.warning("could not store %s; skipped", key, exc_info=True)
-            pipe = self.redis.pipeline(transaction=True)
-            _give_up(pipe, key)
-            pipe.execute()
+            self.give_up_put(key)
             return False
         return True
 

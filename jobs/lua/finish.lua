@@ -16,10 +16,10 @@ end
 if outcome == wanted then
   for name, value in pairs(cjson.decode(fields)) do redis.call('HSET', job, name, value) end
 end
-if outcome == 'succeeded' then
-  if stored ~= '' then redis.call('HSETNX', job, 'result_key', stored)
-  else redis.call('SET', job .. ':result', result, 'NX') end
-end
-if redis.call('HGET', job, 'result_key') ~= stored then drop_result() end
+if outcome ~= 'succeeded' then drop_result()
+elseif stored ~= '' then  -- recorded: close_job schedules its deletion with the record's expiry
+  redis.call('HSET', job, 'result_key', stored)
+  redis.call('ZREM', PENDING, stored)
+else redis.call('SET', job .. ':result', result, 'NX') end
 close_job(id, 'running', outcome, now, tonumber(default_ttl), tonumber(tomb_ttl))
 return {outcome, 1}

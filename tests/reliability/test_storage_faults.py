@@ -98,7 +98,7 @@ def test_a_result_write_during_an_outage_is_retried_until_the_store_is_back(fres
 
 def test_every_object_is_deleted_once_its_job_ends_is_refused_is_canceled_or_expires(fresh):
     cluster = fresh
-    client = cluster.client(job_ttl_seconds=3, max_active_jobs_per_key=2)
+    client = cluster.client(job_ttl_seconds=3, max_active_jobs_per_key=1)
     canceled = submit(client, png_bytes(40, 30), method="bicubic")  # no worker yet: it stays queued
     assert client.post(f"/v1/jobs/{canceled['id']}/cancel").status_code == 202
     kept = submit(client, png_bytes(40, 30), method="bicubic")
