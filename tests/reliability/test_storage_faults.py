@@ -98,25 +98,26 @@ def test_a_result_write_during_an_outage_is_retried_until_the_store_is_back(fres
 
 def test_every_object_is_deleted_once_its_job_ends_is_refused_is_canceled_or_expires(fresh):
     cluster = fresh
-    client = cluster.client(job_ttl_seconds=3, max_active_jobs_per_key=1)
-    canceled = submit(client, png_bytes(40, 30), method="bicubic")  # no worker yet: it stays queued
-    assert client.post(f"/v1/jobs/{canceled['id']}/cancel").status_code == 202
-    kept = submit(client, png_bytes(40, 30), method="bicubic")
+    worker = cluster.start_worker("light", UPSCALER_TEST_HOOK_SEED=str(HOOK_SEED), **PAUSE)
+    client = cluster.client(job_ttl_seconds=8, max_active_jobs_per_key=1)
+    canceled = submit(client, png_bytes(40, 30), method="bicubic")
+    assert client.post(f"/v1/jobs/{canceled['id']}/cancel").status_code in (202, 409)  # 409: it finished first
+    wait_for(client, canceled["id"], timeout=30)
+    kept = submit(client, png_bytes(40, 30), method="bicubic", seed=HOOK_SEED)
+    wait_until(lambda: pausing(worker, kept["id"]), message="the run never reached its pause")
     over = client.post("/v1/jobs", files={"image": ("a.png", png_bytes(40, 30), "image/png")},
                        data={"method": "bicubic"})
     assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_jobs"
-    # an input and a result stored by processes that died before recording them
+    # an input, a result and a checkpoint stored by processes that died before recording them
     cluster.store._put(input_key("0" * 32), png_bytes(), give_up=False)
     cluster.store.put_result("1" * 32, "deadbeef", png_bytes())
     cluster.store._put(checkpoint_key("2" * 32, "deadbeef"), b"state", give_up=False)
-    cluster.start_worker("light")
     done = wait_for(client, kept["id"], timeout=30)
     assert done["status"] == "succeeded"
     token = cluster.store.fields(kept["id"])["run_token"]
-    assert [k for k in cluster.store.blobs.keys() if k.startswith(f"jobs/{kept['id']}/")] == [result_key(kept["id"], token)]
-    wait_until(lambda: not any(k.startswith(f"jobs/{canceled['id']}/") for k in cluster.store.blobs.keys()), timeout=30,
-               message="the canceled job's input was not deleted")
-    # the record expires (its TTL is 3 s here), and its result goes with it: nothing is left
+    wait_until(lambda: [k for k in cluster.store.blobs.keys() if k.startswith(f"jobs/{kept['id']}/")]
+               == [result_key(kept["id"], token)], timeout=30, message="the input outlived its job")
+    # the record expires (its TTL is 8 s here), and its result goes with it: nothing is left
     wait_until(lambda: cluster.store.fields(kept["id"]) is None, timeout=30)
     wait_until(lambda: cluster.store.blobs.keys() == [], timeout=30,
                message=f"left behind: {cluster.store.blobs.keys()}")
