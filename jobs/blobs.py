@@ -100,7 +100,8 @@ class BlobStore(abc.ABC):
 
 class DirectoryBlobs(BlobStore):
     """Objects as files under one directory: written to a temporary name, synced, then renamed, so a reader never
-    sees half a file; a put that dies half-way leaves a temporary file beside it, deleted with the key's pending intent."""
+    sees half a file; a put that dies half-way leaves a temporary file beside it, deleted with the key's pending
+    intent."""
 
     def __init__(self, root: Path):
         self.root = Path(root)

