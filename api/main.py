@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 import redis
 from fastapi import FastAPI
 from PIL import Image
@@ -15,6 +16,7 @@ from api.errors import install_error_handlers
 from api.headers import HeadAsGet, NoSniff
 from api.limits import BodySizeLimit
 from api.routes import events, health, jobs, page
+from jobs.blobs import StorageUnavailable, open_blob_store
 from jobs.heap import freeze_startup_objects
 from jobs.queue import QUEUES, run_job_message
 from jobs.settings import Settings, load_settings
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.store = AsyncJobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
+        app.state.blobs = open_blob_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
         await warm_up(app)
         try:
             yield
@@ -92,6 +95,11 @@ async def warm_up(app: FastAPI) -> None:
         await app.state.store.warm_up(connections=WARM_REDIS_CONNECTIONS)
     except redis.RedisError:  # Redis not up yet: the API starts anyway and answers 503 until it is
         log.warning("job store unreachable at start-up; requests get 503 until it answers")
+    if app.state.blobs is not None:
+        try:  # the bucket (or directory) is created if it is missing and the credentials allow it
+            await anyio.to_thread.run_sync(app.state.blobs.ensure_ready)
+        except StorageUnavailable:
+            log.warning("image store unreachable at start-up; submissions get 503 until it answers")
     freeze_startup_objects()
 
 

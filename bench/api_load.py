@@ -5,6 +5,7 @@
   python bench/api_load.py --idempotency key      # an Idempotency-Key on every submission (its cost in the p99)
   python bench/api_load.py --idempotency twice    # ... and every submission sent twice: duplicate_jobs must be 0
   python bench/api_load.py --slow-clients 200     # and 200 connections that never finish their request
+  python bench/api_load.py --storage s3           # images in a private SeaweedFS (tests/s3_server.py), not Redis
 
 Phase 1 (load): each client submits a job, polls it back to back until it is finished, fetches the
 result, and takes the next job, until all jobs are done. Phase 2 (polls): every client polls finished
@@ -273,9 +274,12 @@ def main() -> int:
                              "trickle their headers, half stall their body); the run waits for the API to close them")
     parser.add_argument("--client-timeout", type=float,
                         help="UPSCALER_CLIENT_TIMEOUT_SECONDS for the API (default: its default)")
+    parser.add_argument("--storage", choices=("redis", "s3"), default="redis",
+                        help="where images live: Redis (the default) or a private SeaweedFS started here (S3)")
     args = parser.parse_args()
 
     workdir, redis_server, port, env = private_stack("api-load-")
+    s3 = start_s3(workdir, env) if args.storage == "s3" else None
     # Per-key limits stay on (their check is part of every request's cost) but set so that they never refuse
     # here: this measures throughput and latency, not 429s.
     env.update(UPSCALER_LOG_LEVEL="WARNING", UPSCALER_RATE_LIMIT_PER_SECOND="1000000",
@@ -298,6 +302,8 @@ def main() -> int:
         slow_closes: list[tuple[float, bool]] = []  # (seconds open, answered 408) of each slow client closed
         slow_cap = 120.0  # a slow client still open this long was never closed
         pids = {"api": [api.pid], "worker": [worker.pid], "redis": [redis_server.process.pid]}
+        if s3 is not None:
+            pids["s3"] = [s3.process.pid, s3.backend.pid]
 
         async def run_load() -> float:
             queue: asyncio.Queue = asyncio.Queue()
@@ -354,6 +360,7 @@ def main() -> int:
             "cpu_seconds_poll_phase": {k: round(v, 1) for k, v in cpu_polls.items()},
             "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "cores": os.cpu_count(), "api_workers": args.api_workers, "worker_nice": worker_nice,
+            "storage": args.storage,
         }
         if args.slow_clients:
             seconds = [s for s, _ in slow_closes]
@@ -365,6 +372,8 @@ def main() -> int:
         return 0 if lost == 0 and not load.wrong and not load.duplicate_jobs else 1
     finally:
         stop_services([api, worker], redis_server)
+        if s3 is not None:
+            s3.stop()
         logs.close()
 
 
@@ -377,6 +386,15 @@ def private_stack(prefix: str) -> tuple[Path, RedisServer, int, dict[str, str]]:
     env.update(REDIS_URL=redis_server.url,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return workdir, redis_server, free_port(), env
+
+
+def start_s3(workdir: Path, env: dict[str, str], bucket: str = "bench"):
+    """A private SeaweedFS in `workdir` (the dev extras' `weed`), and `env` pointed at a bucket on it."""
+    from tests.s3_server import SeaweedS3  # noqa: PLC0415 - only with --storage s3
+
+    server = SeaweedS3(workdir / "s3").start()
+    env.update(server.env(bucket))
+    return server
 
 
 def stop_services(processes: list[subprocess.Popen], redis_server: RedisServer, timeout: float = 30) -> None:

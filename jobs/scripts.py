@@ -29,6 +29,8 @@ PARTS = {
     "keep_event_body": ("prelude",),
     "idempotency_claim": (),
     "idempotency_release": (),
+    "claim_orphans": ("prelude",),
+    "forget_trash": ("prelude",),
 }
 
 

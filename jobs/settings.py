@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     tombstone_seconds: int = Field(7 * 24 * 3600, ge=0)  # how long after expiry an id still answers 410, not 404
     webhook_allow_private: bool = False  # also the rule for image_url fetches
     image_url_timeout_seconds: float = Field(15.0, gt=0)  # the whole fetch of an image_url, redirects included
+    # Where images live (docs/http-api.md, jobs/blobs.py): unset = Redis; file:///a/dir; s3://bucket/prefix
+    # (with UPSCALER_S3_ENDPOINT_URL for a store other than AWS, and the standard AWS_* credentials).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    result_redirect: bool = False  # S3: GET .../result answers 307 to a presigned URL instead of the bytes
+    result_url_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)  # how long that URL works
+    # A blob put that nothing recorded this long after it began (its process died) is deleted by the sweeper: far
+    # longer than any one put may take.
+    blob_grace_seconds: float = Field(900, gt=0)
     device: str | None = None  # "cpu" | "cuda" | "cuda:1"; unset = CUDA when available
     # JSON object applied over every ZSSR preset (e.g. {"max_iters": 400}), or keyed by preset
     # ({"paper": {"max_iters": 1000}}): how tests and operators shrink training budgets (sr.config_for).
@@ -131,6 +140,18 @@ class Settings(BaseSettings):
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             secret_key_bytes(value)  # raises ValueError with a message that does not echo the secret
+        return value
+
+    @field_validator("storage_url", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_url(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("storage_url", mode="after")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must be unset, file:///a/dir or s3://bucket/prefix")
         return value
 
     @field_validator("device", mode="before")

@@ -5,6 +5,10 @@ Keys, all under `upscaler:` (one Redis, not Redis Cluster: the scripts derive ke
   job:{id}:input         the uploaded image bytes (deleted when the job ends: nothing needs them after)
   job:{id}:result        the output image bytes (written once, by the transition to `succeeded`)
   job:{id}:checkpoint    the last training checkpoint of a running job (a re-run resumes from it)
+                         (these three only without a blob store; with one, the record names the objects:
+                         `input_key`, `result_key`, `checkpoint_key`, jobs/blobs.py)
+  blobs:pending          sorted set of the blob puts under way, by the time each began (jobs/blobs.py)
+  blobs:trash            sorted set of the stored objects, by the time each is to be deleted
   job:{id}:cancel        the cancel flag a running job's `should_stop` polls
   job:{id}:lease         the run token of the worker running the job, renewed every few seconds
   job:{id}:deliveries    the last webhook delivery attempts (a capped list)
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -42,10 +47,14 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from jobs import scripts
+from jobs.blobs import BlobStore, StorageUnavailable, checkpoint_key, input_key, result_key
 from jobs.queue import Message
 from jobs.record import TERMINAL, public_job
 
+log = logging.getLogger(__name__)
 PREFIX = "upscaler:"
+PENDING_BLOBS_KEY = PREFIX + "blobs:pending"
+TRASH_KEY = PREFIX + "blobs:trash"
 STATS_KEY = PREFIX + "stats"
 WORKERS_KEY = PREFIX + "workers"
 QUEUED_KEY = PREFIX + "queued"
@@ -204,10 +213,23 @@ class ClaimedEvent:
     url: str | None  # None when the job expired meanwhile
 
 
+def _pending(key: str) -> dict[str, float]:
+    return {key: time.time()}
+
+
+def _give_up(pipe, key: str) -> None:
+    """A put that failed (it may have written the object anyway): due for deletion now."""
+    pipe.zrem(PENDING_BLOBS_KEY, key)
+    pipe.zadd(TRASH_KEY, {key: time.time()})
+
+
 # --- the blocking store, used by workers --------------------------------------------------------------
 
 class JobStore:
-    def __init__(self, url: str, *, tombstone_seconds: int = 7 * 24 * 3600):
+    """`blobs`: where images live (jobs/blobs.py); None: in Redis beside the records."""
+
+    def __init__(self, url: str, *, tombstone_seconds: int = 7 * 24 * 3600, blobs: BlobStore | None = None):
+        self.blobs = blobs
         self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
                                           **_connection_retry())
         self.tombstone_seconds = tombstone_seconds
@@ -217,6 +239,7 @@ class JobStore:
         self._finish, self._release, self._requeue = script("finish"), script("release"), script("requeue_lapsed")
         self._cancel, self._record, self._claim = script("cancel"), script("record_delivery"), script("claim_events")
         self._keep_body, self._resend = script("keep_event_body"), script("resend")
+        self._claim_orphans, self._forget_trash = script("claim_orphans"), script("forget_trash")
 
     def close(self) -> None:
         self.redis.close()
@@ -224,7 +247,11 @@ class JobStore:
     def create(self, fields: dict[str, str], input_bytes: bytes, *, max_active: int = 0,
                message: Message | None = None) -> bool:
         """Record a queued job and push its message (none: record only); False (nothing written) when its
-        owner has `max_active` unfinished jobs."""
+        owner has `max_active` unfinished jobs. With a blob store the input is stored there first."""
+        if self.blobs is not None and input_bytes:
+            fields = {**fields, "input_key": input_key(fields["id"])}
+            self._put(fields["input_key"], input_bytes, give_up=False)
+            input_bytes = b""
         reply = self._create(args=_create_call(fields, input_bytes, self.tombstone_seconds, max_active, message))
         return _creation(reply).outcome == "created"
 
@@ -247,7 +274,11 @@ class JobStore:
         return BeginResult(_text(outcome), _text(previous), bool(first))
 
     def load_input(self, job_id: str) -> bytes | None:
-        return self.redis.get(JobKeys.of(job_id).input)
+        """The job's input (raises StorageUnavailable when its blob store does not answer)."""
+        if self.blobs is None:
+            return self.redis.get(JobKeys.of(job_id).input)
+        key = _text(self.redis.hget(JobKeys.of(job_id).job, "input_key"))
+        return self.blobs.get(key) if key else None
 
     def renew_lease(self, job_id: str, token: str, lease_seconds: float) -> bool:
         return bool(self._renew(args=[PREFIX, job_id, token, int(lease_seconds * 1000)]))
@@ -263,20 +294,61 @@ class JobStore:
         return bool(self._set_field(args=[PREFIX, job_id, token, "progress", json.dumps(progress)]))
 
     def save_checkpoint(self, job_id: str, token: str, data: bytes) -> bool:
-        """Keep the run's latest training checkpoint (only while this run owns the job)."""
-        return bool(self._save_checkpoint(args=[PREFIX, job_id, token, data, DEFAULT_TTL_SECONDS]))
+        """Keep the run's latest training checkpoint (only while this run owns the job). With a blob store, a
+        checkpoint that cannot be stored is skipped (False): the run goes on, and a re-run resumes from an older one."""
+        if self.blobs is None:
+            return bool(self._save_checkpoint(args=[PREFIX, job_id, token, data, DEFAULT_TTL_SECONDS, "", _now()]))
+        key = checkpoint_key(job_id, token)
+        if not self._put(key, data, give_up=True):
+            return False
+        return bool(self._save_checkpoint(args=[PREFIX, job_id, token, "", DEFAULT_TTL_SECONDS, key, _now()]))
 
     def load_checkpoint(self, job_id: str) -> bytes | None:
-        return self.redis.get(JobKeys.of(job_id).checkpoint)
+        if self.blobs is None:
+            return self.redis.get(JobKeys.of(job_id).checkpoint)
+        key = _text(self.redis.hget(JobKeys.of(job_id).job, "checkpoint_key"))
+        try:
+            return self.blobs.get(key) if key else None
+        except StorageUnavailable:
+            return None  # the run starts over rather than wait for the store
+
+    def put_result(self, job_id: str, token: str, data: bytes) -> str:
+        """Store a run's result under a key of its own, to be recorded by `finish` (raises StorageUnavailable)."""
+        key = result_key(job_id, token)
+        self._put(key, data, give_up=False)
+        return key
+
+    def give_up_put(self, key: str) -> None:
+        """A stored object that will not be recorded (its run stopped): due for deletion now."""
+        pipe = self.redis.pipeline(transaction=True)
+        _give_up(pipe, key)
+        pipe.execute()
+
+    def _put(self, key: str, data: bytes, *, give_up: bool) -> bool:
+        """Put an object, its intent in `blobs:pending` first (so a crash mid-put orphans nothing). On failure:
+        `give_up` schedules its deletion and answers False; else raises StorageUnavailable and leaves the intent,
+        for a retry to renew."""
+        self.redis.zadd(PENDING_BLOBS_KEY, _pending(key))
+        try:
+            self.blobs.put(key, data)
+        except StorageUnavailable:
+            if not give_up:
+                raise
+            log.warning("could not store %s; skipped", key, exc_info=True)
+            self.give_up_put(key)
+            return False
+        return True
 
     def finish(self, job_id: str, token: str, outcome: str, *, fields: dict[str, str] | None = None,
-               result: bytes = b"") -> tuple[str, bool]:
-        """End a run: `succeeded` (with the result), `failed` (with an error) or `canceled`.
+               result: bytes = b"", stored_result: str = "") -> tuple[str, bool]:
+        """End a run: `succeeded` (with the result: its bytes, or the key `put_result` stored it under), `failed`
+        (with an error) or `canceled`.
 
         Returns the job's final status and whether this call made the change; a stale run changes nothing."""
         assert outcome in TERMINAL
         final, changed = self._finish(args=[PREFIX, job_id, token, outcome, _now(), DEFAULT_TTL_SECONDS,
-                                            self.tombstone_seconds, json.dumps(fields or {}), result])
+                                            self.tombstone_seconds, json.dumps(fields or {}), result,
+                                            stored_result])
         return _text(final), bool(changed)
 
     def release(self, job_id: str, token: str, message: Message) -> str:
@@ -331,6 +403,19 @@ class JobStore:
         if gone:
             self.redis.zrem(QUEUED_KEY, *gone)
         return found
+
+    # --- the blob sweeper (jobs/blobs.py)
+
+    def claim_orphans(self, older_than: float, limit: int = 1000) -> int:
+        """Puts begun before `older_than` (epoch seconds) that nothing recorded: due for deletion now."""
+        return int(self._claim_orphans(args=[PREFIX, f"{older_than:.6f}", _now(), limit]))
+
+    def due_trash(self, limit: int = 1000) -> list[str]:
+        return [_text(k) for k in self.redis.zrangebyscore(TRASH_KEY, "-inf", time.time(), start=0, num=limit)]
+
+    def forget_trash(self, keys: list[str], deleted_at: float) -> int:
+        """Forget deleted objects (those still due by `deleted_at`: one rescheduled since stays)."""
+        return int(self._forget_trash(args=[PREFIX, f"{deleted_at:.6f}", *keys])) if keys else 0
 
     def take_turn(self, name: str, seconds: float) -> bool:
         """True for one caller per `seconds` across every process (a lock that simply expires)."""
@@ -480,6 +565,15 @@ class AsyncJobStore:
 
     async def result(self, job_id: str) -> bytes | None:
         return await self.redis.get(JobKeys.of(job_id).result)
+
+    async def note_pending(self, key: str) -> None:
+        """The intent of a blob put, before it begins (see JobStore._put)."""
+        await self.redis.zadd(PENDING_BLOBS_KEY, _pending(key))
+
+    async def give_up_put(self, key: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        _give_up(pipe, key)
+        await pipe.execute()
 
     async def cancel(self, job_id: str) -> str:
         return _text(await self._cancel(args=[PREFIX, job_id, _now(), DEFAULT_TTL_SECONDS, self.tombstone_seconds]))

@@ -1,6 +1,10 @@
 """Service fixtures: a real redis-server on a free port, a real `python -m worker`, the API in-process.
 
 No eager mode and no fake Redis. Nothing here touches 127.0.0.1:6379.
+
+TEST_STORAGE picks where the service keeps images (CONTRACT.md section 4b): `redis` (the default), `s3` (a real
+SeaweedFS on free ports, tests/s3_server.py) or `file` (a directory). scripts/test runs the service suites
+(e2e, reliability, hostile) a second time with TEST_STORAGE=s3.
 """
 from __future__ import annotations
 
@@ -15,11 +19,39 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from tests.e2e.helpers import TINY_ZSSR_OVERRIDES, WEBHOOK_SECRET
+from jobs.blobs import open_blob_store
 from jobs.redis_server import RedisServer
 from jobs.settings import Settings
 from jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_STORAGE = os.environ.get("TEST_STORAGE", "redis")
+BUCKET = "upscaler-tests"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS for the session; its credentials are in this process's environment too (the in-process API's S3
+    client reads AWS_* from it, as a deployed one does)."""
+    from tests.s3_server import SeaweedS3  # noqa: PLC0415
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    os.environ.update({k: v for k, v in server.env(BUCKET).items() if k.startswith("AWS_")})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def storage_env(request, tmp_path_factory) -> dict[str, str]:
+    """The storage settings of the service under test ({} = images in Redis), for its prefix `session`; a cluster
+    of the fault tests adds a prefix of its own (tests/reliability/cluster.py)."""
+    if TEST_STORAGE == "redis":
+        return {}
+    if TEST_STORAGE == "file":
+        return {"UPSCALER_STORAGE_URL": f"file://{tmp_path_factory.mktemp('blobs')}"}
+    if TEST_STORAGE == "s3":
+        return request.getfixturevalue("s3_server").env(BUCKET, "session")
+    raise pytest.UsageError(f"TEST_STORAGE={TEST_STORAGE!r}: use redis, s3 or file")
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +62,10 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def service_env(redis_server) -> dict[str, str]:
+def service_env(redis_server, storage_env) -> dict[str, str]:
     """The environment the worker runs with; the in-process API gets the same values as Settings."""
     return {
+        **storage_env,
         "REDIS_URL": redis_server.url,
         "UPSCALER_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "UPSCALER_WEBHOOK_ALLOW_PRIVATE": "true",  # the test receiver listens on 127.0.0.1
@@ -55,18 +88,19 @@ def service_env(redis_server) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def settings(service_env) -> Settings:
     return Settings(**{("redis_url" if k == "REDIS_URL" else k.removeprefix("UPSCALER_").lower()): v
-                       for k, v in service_env.items()})
+                       for k, v in service_env.items() if not k.startswith("AWS_")})
 
 
 @pytest.fixture(scope="session")
-def store(redis_server) -> JobStore:
-    job_store = JobStore(redis_server.url)
+def store(redis_server, settings) -> JobStore:
+    job_store = JobStore(redis_server.url, blobs=open_blob_store(settings.storage_url,
+                                                                 s3_endpoint_url=settings.s3_endpoint_url))
     yield job_store
     job_store.close()
 
 
 def _clean_environment(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_") and k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSCALER_", "AWS_")) and k != "REDIS_URL"}
     env.update(extra, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     return env
 

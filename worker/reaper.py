@@ -12,6 +12,10 @@ which must outlast the longest job (an hour or more). The reaper does not wait f
   (a worker took the message and was killed before it began the run; the message was lost with a
   Redis restored from an older file) is sent again.
 
+With a blob store (jobs/blobs.py), each pass also sweeps it: puts that nothing recorded within
+`UPSCALER_BLOB_GRACE_SECONDS` (their process died mid-put) and objects whose job ended, whose run was fenced or
+whose record expired are deleted.
+
 Both push the job's new message in the same script that changes the job, so a job is never queued
 without a message for long. A duplicate message is harmless: `begin_run` lets one run own a job, and a
 finished job never runs again. Every worker runs a reaper thread; one pass per interval happens, on whichever worker takes
@@ -27,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from jobs.blobs import StorageUnavailable
 from jobs.queue import RUN_JOB, Message, queue_lists
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -34,6 +39,8 @@ from jobs.store import JobStore
 log = logging.getLogger(__name__)
 MAX_LAPSED_RUNS = 3
 SCAN_PAGE = 500
+SWEEP_PAGE = 500
+SWEEP_PAGES_PER_PASS = 20  # the rest waits for the next pass
 
 MessageFor = Callable[[str, str], Message]  # (job id, queue) -> a run_job message (jobs.queue.run_job_message)
 
@@ -68,6 +75,25 @@ def reap_once(store: JobStore, settings: Settings, message_for: MessageFor) -> P
         store.count("reaper:requeued", len(done.requeued))
         store.count("reaper:redispatched", len(done.redispatched))
     return done
+
+
+def sweep_blobs(store: JobStore, settings: Settings) -> int:
+    """Delete the blob store's objects that are due (and the puts nothing recorded in time); how many."""
+    store.claim_orphans(time.time() - settings.blob_grace_seconds)
+    deleted = 0
+    for _ in range(SWEEP_PAGES_PER_PASS):
+        listed_at = time.time()  # an object rescheduled after this (re-put, re-recorded) is not forgotten
+        due = store.due_trash(SWEEP_PAGE)
+        if not due:
+            break
+        store.blobs.delete(due)
+        deleted += store.forget_trash(due, listed_at)
+        if len(due) < SWEEP_PAGE:
+            break
+    if deleted:
+        log.info("sweeper: deleted %d stored object(s)", deleted)
+        store.count("blobs:deleted", deleted)
+    return deleted
 
 
 def waiting_job_ids(store: JobStore, queue: str) -> set[str]:
@@ -120,6 +146,10 @@ class Reaper:
                 # Slightly shorter than the interval, so the next turn is free when any worker next asks.
                 if self.store.take_turn("reaper", interval * 0.9):
                     reap_once(self.store, self.settings, self.message_for)
+                    if self.store.blobs is not None:
+                        sweep_blobs(self.store, self.settings)
+            except StorageUnavailable as exc:  # the objects stay due: the next pass deletes them
+                log.warning("sweeper: blob store unavailable (%s); trying again in %.1f s", exc, interval)
             except Exception:  # Redis away, a broker hiccup: the next pass tries again
                 log.warning("reaper pass failed; trying again in %.1f s", interval, exc_info=True)
             self._done.wait(interval)

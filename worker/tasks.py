@@ -9,6 +9,7 @@ webhook sender (worker/outbox.py).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -18,6 +19,7 @@ from celery import signals
 
 import sr
 from jobs import webhooks
+from jobs.blobs import StorageUnavailable, open_blob_store
 from jobs.heap import freeze_startup_objects
 from jobs.images import OUTPUT_FORMATS, decode_for_sr, encode
 from jobs.queue import RUN_JOB, run_job_message
@@ -32,7 +34,12 @@ from worker.runs import (Heartbeat, RunControl, failure_for, keep_lease, shuttin
 
 log = logging.getLogger(__name__)
 settings = Settings()
-store = JobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds)
+store = JobStore(settings.redis_url, tombstone_seconds=settings.tombstone_seconds,
+                 blobs=open_blob_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url))
+# A blob store that does not answer: the run tries again after these waits (the last one repeating) for as long as
+# it holds the job (its lease renewed meanwhile), so a result is never lost to an outage; a stop request (cancel,
+# shutdown, its time limit) ends the waiting.
+STORAGE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @app.task(name=RUN_JOB, bind=True)
@@ -54,7 +61,8 @@ def run_job(self, job_id: str) -> None:
     started = time.monotonic()
     with keep_lease(store, job_id, token, settings, control):
         try:
-            image = decode_for_sr(store.load_input(job_id) or b"", settings.max_input_pixels, params.get("crop"))
+            loaded = _until_stored(lambda: store.load_input(job_id), control, job_id, "read its input")
+            image = decode_for_sr(loaded or b"", settings.max_input_pixels, params.get("crop"))
             control.report("training" if params["method"] == "zssr" else "inference")
             resume = _checkpoint_to_resume(job_id, params, control)
             if _packer is None:
@@ -65,6 +73,10 @@ def run_job(self, job_id: str) -> None:
             if settings.test_hooks_enabled and settings.test_hook_seed in (None, params.get("seed")):
                 control.pause_before_result(settings.test_pause_before_result_seconds,
                                             settings.test_hang_before_result_seconds)
+            stored = ""
+            if store.blobs is not None:  # put under this run's own key, recorded (or deleted) by finish
+                stored = _until_stored(lambda: store.put_result(job_id, token, data), control, job_id,
+                                       "store its result")
             if control.lease_may_have_lapsed():  # frozen past its lease: another run may own the job now
                 raise sr.Cancelled()
         except sr.Cancelled:
@@ -81,7 +93,24 @@ def run_job(self, job_id: str) -> None:
         fields["train_steps"] = str(control.train_steps)
     if control.packed_with is not None:
         fields["packed_with"] = str(control.packed_with)
-    _end(job_id, token, "succeeded", fields, params["method"], started, result=data)
+    _end(job_id, token, "succeeded", fields, params["method"], started, result=b"" if stored else data,
+         stored_result=stored)
+
+
+def _until_stored(call, control: RunControl, job_id: str, what: str):
+    """`call()`, tried again while the blob store does not answer and the run may go on (sr.Cancelled when it
+    may not: control.stop_reason says why)."""
+    for attempt in itertools.count():
+        try:
+            return call()
+        except StorageUnavailable as exc:
+            wait = STORAGE_RETRY_SECONDS[min(attempt, len(STORAGE_RETRY_SECONDS) - 1)]
+            log.warning("job %s: could not %s (%s); trying again in %.1f s", job_id, what, exc, wait)
+            until = time.monotonic() + wait
+            while time.monotonic() < until:
+                if control.should_stop():
+                    raise sr.Cancelled() from None
+                time.sleep(0.05)
 
 
 def _checkpoint_to_resume(job_id: str, params: dict, control: RunControl) -> bytes | None:
@@ -117,8 +146,8 @@ def _stop(job_id: str, token: str, control: RunControl, job: dict[str, str], sta
 
 
 def _end(job_id: str, token: str, outcome: str, fields: dict[str, str], method: str, started: float,
-         result: bytes = b"") -> None:
-    final, changed = store.finish(job_id, token, outcome, fields=fields, result=result)
+         result: bytes = b"", stored_result: str = "") -> None:
+    final, changed = store.finish(job_id, token, outcome, fields=fields, result=result, stored_result=stored_result)
     if not changed:
         log.info("job %s: this run no longer owns it (now %s); nothing written", job_id, final)
         return
@@ -143,6 +172,11 @@ def _start_background(sender=None, **_) -> None:
     if "gpu" in queues and settings.pack_jobs > 1:
         _packer = Packer(settings, settings.pack_jobs)
     _background.append(Heartbeat(store, sender.hostname, queues))
+    if store.blobs is not None:
+        try:
+            store.blobs.ensure_ready()
+        except StorageUnavailable:
+            log.warning("blob store unreachable at start-up; runs retry their reads and writes", exc_info=True)
     _background.append(Reaper(store, settings, run_job_message))
     if "light" in queues:
         _background.append(WebhookSender(store, settings))

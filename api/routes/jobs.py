@@ -1,19 +1,17 @@
 """The job routes (docs/http-api.md): submit, read, fetch the result, cancel, list."""
 from __future__ import annotations
 
-import base64
-import json
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api import idempotency
 from api.deps import Caller, CurrentKey, JobDep, StoreDep, SubmittingKey, refuse_if_limited
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobCreate, JobCreateJSON, JobList, JobPublic, ResultBase64, Status
+from api.storage import blob_store, result_response, storage_unavailable, store_input
 from api.submission import SubmissionCount, checked_submission, read_submission, small_body
 from jobs.images import OUTPUT_FORMATS
 from jobs.queue import METHOD_QUEUE, run_job_message
@@ -86,10 +84,14 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
         output_info={"width": width, "height": height, "content_type": OUTPUT_FORMATS[params.output_format][1],
                      "bytes": 0},
         queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
+    image, blobs = submission.image, blob_store(request)
+    if blobs is not None:  # the input is stored first; the create script records it (or has it deleted)
+        await count.now()  # a caller over its rate is refused before anything is stored
+        fields["input_key"], image = await store_input(blobs, store, job_id, image), b""
     # One script counts the request (if not yet), records the job, names it in its Idempotency-Key's record and
     # pushes its run_job message: accepted means recorded and enqueued.
     message = run_job_message(job_id, queue)
-    creation = await store.create(fields, submission.image, max_active=settings.max_active_jobs_per_key,
+    creation = await store.create(fields, image, max_active=settings.max_active_jobs_per_key,
                                   message=message, rate=count.with_create(), claim=claim)
     if creation.outcome == "replay":  # this request's claim lapsed and another made the job meanwhile
         return await replay(creation.replay_of, caller, response)
@@ -97,6 +99,8 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
         await store.release_idempotency(claim)
     if creation.outcome == "in_use":
         raise idempotency.in_use()
+    if creation.outcome == "storage_lost":
+        raise storage_unavailable()
     if creation.outcome == "rate_limited":
         refuse_if_limited(creation.rate_wait, settings)
     if creation.outcome == "too_many_jobs":
@@ -134,26 +138,19 @@ async def read_job(job: JobDep, response: Response) -> dict[str, Any]:
 @router.get("/{job_id}/result", responses={
     200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "application/json":
                       {"schema": ResultBase64.model_json_schema()}}, "description": "the image"},
-    **_ERRORS, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
-async def read_job_result(job: JobDep, store: StoreDep,
+    307: {"description": "UPSCALER_RESULT_REDIRECT: the image at a presigned URL (Location)"},
+    **_ERRORS, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+async def read_job_result(request: Request, job: JobDep, store: StoreDep,
                           encoding: Annotated[str | None, Query(pattern="^(base64|binary)$")] = None) -> Response:
-    """The output image (its own content type), or `?encoding=base64` for JSON. 409 until the job succeeded."""
+    """The output image (its own content type), or `?encoding=base64` for JSON. 409 until the job succeeded.
+    With UPSCALER_RESULT_REDIRECT (S3 storage): 307 to a presigned URL of the image."""
     status = job.fields["status"]
     if status != "succeeded":
         reason = {"failed": "the job failed; it has no result", "canceled": "the job was canceled; it has no result"}
         raise ApiError(409, "job_not_succeeded" if status in TERMINAL else "job_not_finished",
                        reason.get(status, f"the job is {status}; poll it until it succeeds"),
                        {} if status in TERMINAL else {"Retry-After": POLL_RETRY_AFTER_SECONDS})
-    data = await store.result(job.id)
-    if data is None:
-        raise ApiError(410, "job_expired", "the result expired")
-    content_type = json.loads(job.fields["output"])["content_type"]
-    if encoding == "base64":
-        return JSONResponse(jsonable_encoder(ResultBase64(image_base64=base64.b64encode(data).decode(),
-                                                          content_type=content_type)))
-    extension = content_type.rpartition("/")[2]
-    return Response(data, media_type=content_type,
-                    headers={"Content-Disposition": f'inline; filename="{job.id}.{extension}"'})
+    return await result_response(job.fields, store, blob_store(request), request.app.state.settings, encoding)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,

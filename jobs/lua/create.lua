@@ -5,20 +5,32 @@
 -- some twenty); idempotency: the Idempotency-Key record this request claimed under claim_token ('' for
 -- none), with the body's fingerprint and the record's lifetime in seconds: it names the job once recorded,
 -- so a retry of the request finds it.
+-- With a blob store, `input` is '' and the record names the stored input (`input_key`), which is recorded here
+-- (deleted at the job's expiry or end) or, when nothing is written, deleted soon.
 -- -> {'created', 0}, or nothing written and {'rate_limited', ms to wait}, {'too_many_jobs', 0} (the owner
---    already has the most unfinished jobs allowed), {'replay', job id} or {'in_use', 0} (the claim lapsed
---    and another request of the same key took it meanwhile)
+--    already has the most unfinished jobs allowed), {'storage_lost', 0} (the sweeper gave the input's put up),
+--    {'replay', job id} or {'in_use', 0} (the claim lapsed and another request of the same key took it
+--    meanwhile)
 local _, id, ttl, tomb_ttl, owner, created_us, input, max_active, now, queue_list, message,
       bucket, interval, burst, record, idempotency, claim_token, fingerprint, idempotency_ttl = unpack(ARGV)
 ttl, max_active = tonumber(ttl), tonumber(max_active)
+record = cjson.decode(record)
+local stored_input = record['input_key']
 if idempotency ~= '' then
   local made, holder = unpack(redis.call('HMGET', idempotency, 'job', 'token'))
-  if made then return {'replay', made} end
-  if holder and holder ~= claim_token then return {'in_use', 0} end
+  local outcome = (made and {'replay', made}) or (holder and holder ~= claim_token and {'in_use', 0})
+  if outcome then
+    if stored_input then keep_blob(stored_input, now) end
+    return outcome
+  end
 end
+if stored_input and redis.call('ZSCORE', PENDING, stored_input) == false then return {'storage_lost', 0} end
 if bucket ~= '' then  -- the submission is counted against its key's rate in this round trip
   local allowed, wait = take_request(bucket, tonumber(interval), tonumber(burst))
-  if allowed == 0 then return {'rate_limited', wait} end
+  if allowed == 0 then
+    if stored_input then keep_blob(stored_input, now) end
+    return {'rate_limited', wait}
+  end
 end
 local active = P .. 'owner:' .. owner .. ':active'
 if max_active > 0 and redis.call('SCARD', active) >= max_active then
@@ -27,17 +39,21 @@ if max_active > 0 and redis.call('SCARD', active) >= max_active then
     local status = redis.call('HGET', job_key(other), 'status')
     if status ~= 'queued' and status ~= 'running' then redis.call('SREM', active, other) end
   end
-  if redis.call('SCARD', active) >= max_active then return {'too_many_jobs', 0} end
+  if redis.call('SCARD', active) >= max_active then
+    if stored_input then keep_blob(stored_input, now) end
+    return {'too_many_jobs', 0}
+  end
 end
 local job = job_key(id)
 local fields = {}
-for name, value in pairs(cjson.decode(record)) do
+for name, value in pairs(record) do
   fields[#fields + 1] = name
   fields[#fields + 1] = value
 end
 redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
-redis.call('SET', job .. ':input', input, 'EX', ttl)
+if stored_input then keep_blob(stored_input, tonumber(now) + ttl)
+else redis.call('SET', job .. ':input', input, 'EX', ttl) end
 redis.call('SET', P .. 'tomb:' .. id, owner, 'EX', ttl + tonumber(tomb_ttl))
 local index = P .. 'owner:' .. owner .. ':jobs'
 redis.call('ZADD', index, tonumber(created_us), id)

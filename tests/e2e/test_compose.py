@@ -19,12 +19,30 @@ SERVICES = COMPOSE["services"]
 CLI_PARSERS = {"api": api_cli.parse_args, "worker": worker_cli.parse_args}
 
 
+# The object store's credentials, read by its client under their standard names (CONTRACT.md section 4b).
+AWS_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
+
+
 def setting_names() -> set[str]:
-    return {"REDIS_URL"} | {"UPSCALER_" + name.upper() for name in Settings.model_fields}
+    return {"REDIS_URL"} | AWS_NAMES | {"UPSCALER_" + name.upper() for name in Settings.model_fields}
 
 
 def test_the_stack_has_redis_the_api_and_both_worker_pools():
-    assert {"redis", "api", "worker", "worker-light"} <= set(SERVICES)
+    assert {"redis", "s3", "api", "worker", "worker-light"} <= set(SERVICES)
+
+
+def test_images_live_in_the_s3_service_on_a_volume():
+    s3 = SERVICES["s3"]
+    volume = s3["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in COMPOSE["volumes"] and "-dir=/data" in s3["command"]
+    port = next(arg for arg in s3["command"] if arg.startswith("-s3.port=")).split("=")[1]
+    for name in ("api", "worker", "worker-light"):
+        environment = SERVICES[name]["environment"]
+        assert Settings(storage_url=environment["UPSCALER_STORAGE_URL"].split(":-")[1].rstrip("}")).storage_url
+        assert environment["UPSCALER_S3_ENDPOINT_URL"].endswith(f"http://s3:{port}}}")
+        assert SERVICES[name]["depends_on"]["s3"]["condition"] == "service_healthy"
+        for required in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert ":?" in environment[required] and environment[required] == s3["environment"][required]
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume():
@@ -64,13 +82,13 @@ def test_gpu_workers_reserve_an_nvidia_gpu_and_scale():
     assert worker_cli.parse_args(SERVICES["worker-light"]["command"][3:]).queues == ["light"]
 
 
-@pytest.mark.parametrize("name", ["redis", "api", "worker", "worker-light"])
+@pytest.mark.parametrize("name", ["redis", "s3", "api", "worker", "worker-light"])
 def test_every_service_has_a_healthcheck_that_names_real_commands(name):
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] == "CMD"
     if test[1:3] == ["python", "-m"]:
         CLI_PARSERS[test[3]](test[4:])
-    if name != "redis":
+    if name not in ("redis", "s3"):
         assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 

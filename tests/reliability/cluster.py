@@ -17,9 +17,10 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from tests.e2e.helpers import TINY_ZSSR_OVERRIDES, WEBHOOK_SECRET
+from jobs.blobs import open_blob_store
 from jobs.redis_server import RedisServer
 from jobs.settings import Settings
-from jobs.store import JobStore
+from jobs.store import PENDING_BLOBS_KEY, JobKeys, JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,12 +41,13 @@ FAULT_ENV = {
     "UPSCALER_LOG_LEVEL": "INFO",
     # every in-process client has one address ("testclient"): tests/reliability/test_access.py tries 30 wrong keys
     "UPSCALER_AUTH_FAILURE_LIMIT": "0",
+    "UPSCALER_BLOB_GRACE_SECONDS": "5",  # with a blob store: a put nothing recorded is swept within seconds
 }
 
 
 def settings_from_env(env: dict[str, str]) -> Settings:
     return Settings(**{("redis_url" if k == "REDIS_URL" else k.removeprefix("UPSCALER_").lower()): v
-                       for k, v in env.items() if k != "UPSCALER_LOG_LEVEL"})
+                       for k, v in env.items() if k != "UPSCALER_LOG_LEVEL" and not k.startswith("AWS_")})
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Cluster:
         self.started += 1
         number = self.started
         log_path = self.directory / f"worker-{number}-{queues.replace(',', '+')}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_") and k != "REDIS_URL"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSCALER_", "AWS_")) and k != "REDIS_URL"}
         env.update(self.env, **env_changes, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         with open(log_path, "wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "worker", "--queues", queues, "--concurrency",
@@ -166,12 +168,57 @@ class Cluster:
 
     def flush(self) -> None:
         self.store.redis.flushdb()
+        if self.store.blobs is not None:
+            self.store.blobs.delete(self.store.blobs.keys())
+
+    # --- the job's images, wherever they live (jobs/blobs.py)
+
+    def stored_result(self, job_id: str) -> bytes | None:
+        if self.store.blobs is None:
+            return self.store.redis.get(JobKeys.of(job_id).result)
+        key = self.store.fields(job_id).get("result_key")
+        return self.store.blobs.get(key) if key else None
+
+    def has_checkpoint(self, job_id: str) -> bool:
+        if self.store.blobs is None:
+            return bool(self.store.redis.exists(JobKeys.of(job_id).checkpoint))
+        return bool((self.store.fields(job_id) or {}).get("checkpoint_key"))
+
+    def replace_input(self, job_id: str, data: bytes) -> None:
+        if self.store.blobs is None:
+            self.store.redis.set(JobKeys.of(job_id).input, data, keepttl=True)
+        else:
+            self.store.blobs.put(self.store.fields(job_id)["input_key"], data)
+
+    def unreferenced_objects(self) -> set[str]:
+        """Stored objects that no job record names and no put under way may still record (none may stay)."""
+        referenced = set()
+        for key in self.store.redis.scan_iter(match="upscaler:job:*", count=500):
+            if key.decode().count(":") == 2:  # the record itself, not one of its sub-keys
+                named = self.store.redis.hmget(key, "input_key", "result_key", "checkpoint_key")
+                referenced |= {k.decode() for k in named if k}
+        pending = {k.decode() for k in self.store.redis.zrange(PENDING_BLOBS_KEY, 0, -1)}
+        return set(self.store.blobs.keys()) - referenced - pending
+
+    def wait_until_swept(self, timeout: float = 60) -> None:
+        """Until every stored object is one that a record names: the sweeper deleted the rest."""
+        wait_until(lambda: not self.unreferenced_objects(), timeout=timeout,
+                   message=f"objects left behind: {sorted(self.unreferenced_objects())}")
 
 
-def start_cluster(directory: Path) -> Cluster:
+def start_cluster(directory: Path, storage_env: dict[str, str]) -> Cluster:
+    """`storage_env`: where images live (tests/conftest.py storage_env); the cluster keeps its objects under a
+    prefix of its own."""
     server = RedisServer(directory / "redis", appendonly=True).start()
-    env = {"REDIS_URL": server.url, **FAULT_ENV}
-    return Cluster(directory, server, env, JobStore(server.url))
+    storage = dict(storage_env)
+    if storage.get("UPSCALER_STORAGE_URL"):
+        storage["UPSCALER_STORAGE_URL"] = storage["UPSCALER_STORAGE_URL"].rstrip("/") + "/" + directory.name
+    env = {"REDIS_URL": server.url, **FAULT_ENV, **storage}
+    settings = settings_from_env(env)
+    blobs = open_blob_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+    if blobs is not None:
+        blobs.ensure_ready()
+    return Cluster(directory, server, env, JobStore(server.url, blobs=blobs))
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05, message: str = ""):

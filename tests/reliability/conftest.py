@@ -7,8 +7,8 @@ from tests.reliability.cluster import Cluster, start_cluster
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Cluster:
-    stack = start_cluster(tmp_path_factory.mktemp("cluster"))
+def cluster(tmp_path_factory, storage_env) -> Cluster:
+    stack = start_cluster(tmp_path_factory.mktemp("cluster"), storage_env)
     yield stack
     stack.close_clients()
     stack.stop_workers()

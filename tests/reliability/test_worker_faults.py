@@ -17,7 +17,6 @@ from PIL import Image
 from tests.e2e.helpers import png_bytes, submit, wait_for
 from tests.reliability.cluster import Cluster, wait_until
 from tests.reliability.receivers import Receiver
-from jobs.store import JobKeys
 from jobs.webhooks import webhook_id
 
 PAUSE = {"UPSCALER_TEST_PAUSE_BEFORE_RESULT_SECONDS": "1.5"}
@@ -39,7 +38,7 @@ def assert_one_terminal_webhook(cluster: Cluster, receiver: Receiver, job_id: st
 def assert_served_result_is_the_stored_one(client, cluster: Cluster, job: dict, size: tuple[int, int]) -> bytes:
     served = client.get(f"/v1/jobs/{job['id']}/result")
     assert served.status_code == 200
-    assert served.content == cluster.store.redis.get(JobKeys.of(job["id"]).result)
+    assert served.content == cluster.stored_result(job["id"])
     assert job["output"]["bytes"] == len(served.content)
     with Image.open(io.BytesIO(served.content)) as image:
         assert image.size == size
@@ -93,6 +92,9 @@ def test_a_frozen_worker_never_runs_on_beside_the_worker_that_took_its_job_over(
         assert_served_result_is_the_stored_one(client, cluster, done, (80, 60))
         assert_one_terminal_webhook(cluster, receiver, job["id"], "job.succeeded")
         assert frozen.alive()
+        if cluster.store.blobs is not None:  # nothing of the frozen run's is stored: the input went, the result stays
+            cluster.wait_until_swept()
+            assert cluster.store.blobs.keys() == [cluster.store.fields(job["id"])["result_key"]]
 
 
 def test_a_worker_stopped_with_sigterm_hands_its_running_job_back(fresh):
@@ -138,7 +140,7 @@ def test_a_corrupt_input_written_after_acceptance_fails_the_job_with_a_reason(fr
     client = cluster.client()
     job = submit(client, png_bytes(40, 30), method="bicubic")  # accepted while no worker runs
     after = submit(client, png_bytes(40, 30), method="bicubic")
-    cluster.store.redis.set(JobKeys.of(job["id"]).input, png_bytes(40, 30)[:60], keepttl=True)  # truncated
+    cluster.replace_input(job["id"], png_bytes(40, 30)[:60])  # truncated
     worker = cluster.start_worker("light", concurrency=1)
     failed = wait_for(client, job["id"], timeout=30)
     assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_input"

@@ -17,7 +17,6 @@ from tests.reliability.cluster import Cluster, wait_until
 from tests.reliability.receivers import Receiver
 from tests.reliability.test_worker_faults import (HOOK_SEED, assert_one_terminal_webhook,
                                                   assert_served_result_is_the_stored_one, pausing)
-from jobs.store import JobKeys
 
 # About 150 training steps with a checkpoint every 25, then an 8-pass ensemble: on the 2-core VM about 0.3 s of
 # training and 0.1 s of inference. The self-check is off, so the inference always runs (a net this brief loses
@@ -56,7 +55,7 @@ def progress_of(cluster: Cluster, job_id: str) -> tuple[str, dict]:
 
 
 def has_checkpoint(cluster: Cluster, job_id: str) -> bool:
-    return bool(cluster.store.redis.exists(JobKeys.of(job_id).checkpoint))
+    return cluster.has_checkpoint(job_id)
 
 
 MOMENTS = {
@@ -98,6 +97,10 @@ def test_a_worker_killed_mid_job_leaves_it_to_the_other_which_finishes_it(pair, 
         assert not has_checkpoint(cluster, job["id"])  # dropped once the job ended
         assert_served_result_is_the_stored_one(client, cluster, done, OUTPUT)
         assert_one_terminal_webhook(cluster, receiver, job["id"], "job.succeeded")
+        if cluster.store.blobs is not None:  # the killed run's checkpoint and the input went; only the result stays
+            cluster.wait_until_swept()
+            left = [key for key in cluster.store.blobs.keys() if key.startswith(f"jobs/{job['id']}/")]
+            assert left == [cluster.store.fields(job["id"])["result_key"]]
 
 
 def test_a_zssr_job_past_its_time_limit_fails_with_timeout_and_the_worker_takes_the_next(cluster):
