@@ -1,4 +1,4 @@
-"""Where a job's images live (CONTRACT.md section 4b): `UPSCALER_STORAGE_URL` picks one of three stores.
+"""Where a job's images live (docs/http-api.md, where images live): `UPSCALER_STORAGE_URL` picks one of three stores.
 
 - unset: Redis, beside the records (the zero-setup default of `--dev`). There is no blob store object then
   (`open_blob_store` answers None): the store's scripts carry the bytes themselves, so an input is stored in the

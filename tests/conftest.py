@@ -2,7 +2,7 @@
 
 No eager mode and no fake Redis. Nothing here touches 127.0.0.1:6379.
 
-TEST_STORAGE picks where the service keeps images (CONTRACT.md section 4b): `redis` (the default), `s3` (a real
+TEST_STORAGE picks where the service keeps images (docs/http-api.md, where images live): `redis` (the default), `s3` (a real
 SeaweedFS on free ports, tests/s3_server.py) or `file` (a directory). scripts/test runs the service suites
 (e2e, reliability, hostile) a second time with TEST_STORAGE=s3.
 """

@@ -19,7 +19,7 @@ SERVICES = COMPOSE["services"]
 CLI_PARSERS = {"api": api_cli.parse_args, "worker": worker_cli.parse_args}
 
 
-# The object store's credentials, read by its client under their standard names (CONTRACT.md section 4b).
+# The object store's credentials, read by its client under their standard names (docs/http-api.md, where images live).
 AWS_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
 
 
