@@ -92,9 +92,10 @@ def settings(service_env) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def store(redis_server, settings) -> JobStore:
-    job_store = JobStore(redis_server.url, blobs=open_blob_store(settings.storage_url,
-                                                                 s3_endpoint_url=settings.s3_endpoint_url))
+def store(redis_server, storage_env) -> JobStore:
+    blobs = open_blob_store(storage_env.get("UPSCALER_STORAGE_URL"),
+                            s3_endpoint_url=storage_env.get("UPSCALER_S3_ENDPOINT_URL"))
+    job_store = JobStore(redis_server.url, blobs=blobs)
     yield job_store
     job_store.close()
 

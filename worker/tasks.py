@@ -74,10 +74,13 @@ def run_job(self, job_id: str) -> None:
                 control.pause_before_result(settings.test_pause_before_result_seconds,
                                             settings.test_hang_before_result_seconds)
             stored = ""
-            if store.blobs is not None:  # put under this run's own key, recorded (or deleted) by finish
+            if store.blobs is not None and not control.lease_may_have_lapsed():
+                # under this run's own key, recorded (or deleted) by finish
                 stored = _until_stored(lambda: store.put_result(job_id, token, data), control, job_id,
                                        "store its result")
             if control.lease_may_have_lapsed():  # frozen past its lease: another run may own the job now
+                if stored:
+                    store.give_up_put(stored)
                 raise sr.Cancelled()
         except sr.Cancelled:
             _stop(job_id, token, control, job, started)

@@ -86,7 +86,8 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
         queue=queue, webhook_url=params.webhook_url, ttl=settings.job_ttl_seconds, now=time.time())
     image, blobs = submission.image, blob_store(request)
     if blobs is not None:  # the input is stored first; the create script records it (or has it deleted)
-        await count.now()  # a caller over its rate is refused before anything is stored
+        # A small submission is still counted by the create script (one round trip fewer): one over its key's rate
+        # costs a small put, which that script schedules for deletion at once. A large one was counted already.
         fields["input_key"], image = await store_input(blobs, store, job_id, image), b""
     # One script counts the request (if not yet), records the job, names it in its Idempotency-Key's record and
     # pushes its run_job message: accepted means recorded and enqueued.
