@@ -36,7 +36,7 @@ from PIL import Image
 import sr
 from sr.blind import son_jpeg_quality
 from sr.packed import upscale_many
-from worker.runs import RunControl, upscale_job, zssr_config
+from worker.runs import RunControl, job_seed, upscale_job, zssr_config
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Packer:
         try:
             outputs = upscale_many([request.image for request in group], first["scale"], preset=first["preset"],
                                    config=zssr_config(self.settings, first["preset"]), kernel="bicubic",
-                                   seeds=[request.params.get("seed") for request in group],
+                                   seeds=[job_seed(r.control.job_id, r.params) for r in group],
                                    device=self.settings.device, progress=[r.control.progress for r in group],
                                    should_stop=[r.control.should_stop for r in group], pack_size=len(group))
         except Exception:

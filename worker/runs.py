@@ -228,7 +228,7 @@ def upscale_job(image: Image.Image, params: dict[str, Any], settings: Settings, 
         try:
             return sr.upscale(image, params["scale"], method=params["method"], preset=params["preset"],
                               kernel=params["kernel"], denoise=params.get("denoise", "off"), config=config,
-                              device=settings.device, seed=params.get("seed"), progress=control.progress,
+                              device=settings.device, seed=job_seed(control.job_id, params), progress=control.progress,
                               should_stop=control.should_stop, **hooks)
         except sr.InvalidInput:
             if resume is None:
@@ -246,6 +246,14 @@ def upscale_job(image: Image.Image, params: dict[str, Any], settings: Settings, 
                         control.job_id, config.inference_memory_mb, retries, OOM_RETRIES)
             _release_cuda_memory()
             resume = None  # a checkpoint belongs to its config, and the tile memory is part of it
+
+
+def job_seed(job_id: str, params: dict[str, Any]) -> int:
+    """The job's seed, or, when it gave none, one fixed by its id: every run of a job is then the same run, so a
+    re-run resumes from the checkpoint of the run before it (sr refuses a checkpoint of another seed) and running
+    a job twice gives one result."""
+    seed = params.get("seed")
+    return int(seed) if seed is not None else int(job_id[:8], 16) & 0x7FFFFFFF
 
 
 def warm_up_device(settings: Settings) -> dict[str, float] | None:

@@ -1,6 +1,7 @@
 """The worker's call of sr for one job (worker/runs.py upscale_job): the job's parameters reach the core."""
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 
@@ -46,3 +47,20 @@ def test_progress_is_written_at_most_once_per_interval_and_at_once_on_a_phase_ch
     control.progress(sr.Progress("inference", 1, 8, None, None))
     control.progress(sr.Progress("inference", 8, 8, None, None))  # a phase's last report always goes
     assert written == [("training", 1), ("inference", 0), ("inference", 8)]
+
+
+def test_a_job_without_a_seed_resumes_from_the_checkpoint_of_its_earlier_run(store, redis_server, caplog):
+    settings = Settings(redis_url=redis_server.url, device="cpu", lease_seconds=3600,
+                        zssr_overrides={"fast": {**TINY["fast"], "max_iters": 8, "min_iters": 8, "checkpoint_every": 2}})
+    params = {"method": "zssr", "preset": "fast", "scale": 2.0, "kernel": "bicubic", "seed": None}
+    job_id, saved = secrets.token_hex(16), []
+    first = RunControl(store, job_id, secrets.token_hex(8), settings, leased_at=time.monotonic())
+    first.save_checkpoint = saved.append
+    upscale_job(_noisy_image(), params, settings, first, resume=None)
+    assert saved
+    second = RunControl(store, job_id, secrets.token_hex(8), settings, leased_at=time.monotonic())
+    with caplog.at_level(logging.INFO):
+        upscale_job(_noisy_image(), params, settings, second, resume=saved[0])
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("resumed ZSSR training") for m in messages), messages
+    assert not any("starting over" in m for m in messages)
