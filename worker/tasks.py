@@ -44,6 +44,13 @@ STORAGE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 @app.task(name=RUN_JOB, bind=True)
 def run_job(self, job_id: str) -> None:
+    if shutting_down.is_set():
+        # A stopping worker can still be handed a message, even the one its own hand-back just sent: it begins
+        # no run, and sends the job's message again for another worker (only while the job is still queued).
+        job = store.fields(job_id)
+        if job is not None and job.get("status") == "queued":
+            store.resend(job_id, run_job_message(job_id, job["queue"]))
+        return
     token = secrets.token_hex(8)
     leased_at = time.monotonic()
     begun = store.begin_run(job_id, token, worker=self.request.hostname or "worker",
