@@ -1,19 +1,28 @@
 """Blind and real-world ZSSR: make the lr_sons the way the input itself was made.
 
 `upscale` calls `blind_setup` once per image, before training:
-- kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate" (KernelGAN on the
-  image itself, sr/kernelgan.py, for the target scale x2 or x4, fitted by an anisotropic Gaussian, then turned
-  and scaled to the widest blur that can explain the input: `fit_kernel`). The sons are then made by correlating
-  with the kernel and subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does
-  that).
+- kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate". The estimate
+  (`estimate_kernel`; result.info["sr"]["kernel_estimator"] says which ran) comes from the learnt kernel prior
+  (sr/kernelprior.py: a small CNN trained on synthetic blurs of photos no benchmark scores, an anisotropic Gaussian
+  read off the input in one pass) where its weights for the scale ship with the package, else from KernelGAN on the
+  image itself (sr/kernelgan.py, x2 or x4) fitted by an anisotropic Gaussian, then turned and scaled to the
+  widest blur that can explain the input (`fit_kernel`). The sons are then made by correlating with the kernel and
+  subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
+- The sampling convention, for estimated and given kernels alike (the reference ZSSR's numeric kernels): the son
+  is the father correlated with the kernel (an odd side k has its origin at index (k - 1) / 2), then every sf-th
+  pixel from (0, 0) is kept. An estimated kernel is centred for sf: its centre of mass sits at (k - 1) / 2 +
+  (sf - 1) / 2, which puts each low-resolution pixel at the middle of its sf x sf block, as bicubic downscaling does
+  (sr/degradations.py). A kernel given as an array is used exactly as given: one whose centre of mass sits
+  elsewhere (say at (k - 1) / 2, a Gaussian drawn at the grid's centre) describes an input sampled at another
+  phase, and ZSSR's output is shifted by as much as the kernel is.
 - JPEG: with config.son_jpeg_quality = -1 (auto, the default) a JPEG input's quality is read from its
   quantisation tables and every son is JPEG-compressed at that quality (and the input's chroma subsampling), so
   the net learns to remove blocking instead of enlarging it; back-projection is then off (it would put the
   input's blocks back). 0 turns it off, 1..100 forces a quality.
 - noise: denoise="auto" sets noise_std to the noise estimated in the image (sr.degradations.estimate_noise_std);
   "off" keeps the config's noise_std.
-What was decided goes into result.info["sr"] (kernel as a small list of lists, its source, the son JPEG quality,
-the noise_std).
+What was decided goes into result.info["sr"] (kernel as a small list of lists, its source and estimator, the son
+JPEG quality, the noise_std).
 """
 from __future__ import annotations
 
@@ -28,9 +37,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sr import kernelgan
+from sr import kernelgan, kernelprior
 from sr.config import ZSSRConfig
-from sr.degradations import estimate_noise_std, jpeg_settings
+from sr.degradations import center_kernel, estimate_noise_std, jpeg_settings
 from sr.errors import InvalidInput
 from sr.progress import Progress
 from sr.resize import Degradation, cubic_resize, degradation_for
@@ -60,18 +69,12 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
         noise_std = estimate_noise_std(color)
         config = dataclasses.replace(config, noise_std=round(noise_std, 5))
         log.info("denoise=auto: noise_std %.4f estimated from the image", noise_std)
-    started = time.monotonic()
     if isinstance(kernel, str) and kernel == "estimate":
-        array = estimate_for_scale(color, sf, config, seed=seed, device=device, progress=progress,
+        estimate = estimate_kernel(color, sf, config, seed=seed, device=device, progress=progress,
                                    should_stop=should_stop)
-        fitting = time.monotonic()
-        fit = fit_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
         info["kernel_source"] = "estimate"
-        info["kernel_factor"] = fit.factor  # the covariance factor applied: below 1 narrowed, above 1 widened
-        info["kernel_shape"] = fit.shape  # "estimate", "turned 45" / "90" / "135" (degrees), "isotropic"
-        info["kernel_fit_seconds"] = round(time.monotonic() - fitting, 3)
-        info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
-        degradation = degradation_for(fit.kernel)
+        info.update(estimate.info)
+        degradation = degradation_for(estimate.kernel)
     else:
         degradation = degradation_for(kernel)
         info["kernel_source"] = "bicubic" if isinstance(kernel, str) else "given"
@@ -105,6 +108,64 @@ def son_jpeg_quality(image: Image.Image, config: ZSSRConfig) -> tuple[int, int]:
     return settings.quality, subsampling
 
 
+@dataclass(frozen=True)
+class KernelEstimate:
+    kernel: np.ndarray  # centred for sf (sr.degradations' convention), sums to 1
+    info: dict[str, Any]  # kernel_estimator ("prior" or "kernelgan"), kernel_estimation_seconds, and its details
+
+
+ESTIMATORS = ("auto", "prior", "kernelgan")
+
+
+def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None = None,
+                    device: torch.device | None = None, progress: Callable[[Progress], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, estimator: str = "auto") -> KernelEstimate:
+    """The kernel="estimate" kernel for `color` [1,C,H,W] at x2 or x4 (the same on both axes).
+
+    estimator "auto": the learnt kernel prior (sr/kernelprior.py) where its weights for the scale ship with the
+    package and the input is big enough for it, otherwise KernelGAN with the width fit (`kernelgan_estimate`);
+    "prior" or "kernelgan" force one."""
+    if sf[0] != sf[1] or sf[0] not in kernelgan.SUPPORTED_SF:
+        raise InvalidInput(f"kernel estimation works at x2 or x4 (the same on both axes), got {sf[0]:g}x{sf[1]:g}")
+    if estimator not in ESTIMATORS:
+        raise InvalidInput(f"unknown kernel estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    scale = int(sf[0])
+    started = time.monotonic()
+    use_prior = estimator == "prior" or (estimator == "auto" and scale in kernelprior.available_scales()
+                                         and min(color.shape[-2:]) >= kernelprior.MIN_INPUT_SIDE)
+    if use_prior:
+        covariance = kernelprior.estimate_covariance(color, scale)
+        kernel = kernelprior.kernel_from_covariance(covariance, scale)
+        info: dict[str, Any] = {"kernel_estimator": "prior",
+                                "kernel_covariance": np.round(covariance, 4).tolist()}  # row, col; HR pixels
+        log.info("estimated kernel (kernel prior): covariance %s HR px^2", info["kernel_covariance"])
+        check = held_out_check(color, scale, prior_held_out_measure)
+        if check is not None:
+            info["kernel_check"] = check
+            if check["kept"] == "bicubic":
+                kernel = bicubic_kernel(scale)
+                log.info("the bicubic kernel explains the held-out half better than the estimate: kept bicubic")
+    else:
+        kernel, info = kernelgan_estimate(color, sf, config, seed=seed, device=device, progress=progress,
+                                          should_stop=should_stop)
+    info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
+    return KernelEstimate(kernel, info)
+
+
+def kernelgan_estimate(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None,
+                       device: torch.device | None, progress: Callable[[Progress], None] | None,
+                       should_stop: Callable[[], bool] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """KernelGAN's kernel for the scale, fitted by an anisotropic Gaussian and then by `fit_kernel`."""
+    array = estimate_for_scale(color, sf, config, seed=seed, device=device, progress=progress,
+                               should_stop=should_stop)
+    fitting = time.monotonic()
+    fit = fit_kernel(color, array, int(sf[0]), noise_floor=config.noise_std)
+    return fit.kernel, {"kernel_estimator": "kernelgan",
+                        "kernel_factor": fit.factor,  # the covariance factor applied: below 1 narrowed, above widened
+                        "kernel_shape": fit.shape,  # "estimate", "turned 45" / "90" / "135" (degrees), "isotropic"
+                        "kernel_fit_seconds": round(time.monotonic() - fitting, 3)}
+
+
 def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None,
                        device: torch.device | None, progress: Callable[[Progress], None] | None,
                        should_stop: Callable[[], bool] | None) -> np.ndarray:
@@ -121,6 +182,65 @@ def estimate_for_scale(color: torch.Tensor, sf: tuple[float, float], config: ZSS
     return kernelgan.estimate_kernel(color, int(sf[0]), iters=config.kernel_estimation_iters, seed=seed,
                                      progress=report, should_stop=should_stop,
                                      device=str(device) if device is not None else None)
+
+
+# --- does the estimate beat the bicubic assumption on data it did not see? -------------------------------------
+# The input is cut in two halves along its longer side. Each candidate kernel is judged on the half it was not
+# estimated from by a held-out measure (lower is better): `prior_held_out_measure` is the log-Euclidean distance
+# between the candidate's covariance and the kernel prior's own reading of that half (the covariance of a kernel
+# that is not a Gaussian, such as bicubic, is its second moments). The estimate from half A competes with the
+# bicubic kernel on half B and the other way round; the estimate (from the whole input) is kept unless the bicubic
+# kernel does better on the mean of the two. A measure built on ZSSR's own held-out error (the self-check) has the
+# same signature: `measure(half, sf, kernel) -> float`, lower is better.
+HELD_OUT_MIN_SIDE = 32  # both halves at least this big (LR pixels), or no check is made
+
+
+def bicubic_kernel(sf: int) -> np.ndarray:
+    """The kernel plain ZSSR assumes, as an array: the antialiased cubic for x2, composed twice for x4."""
+    kernel = center_kernel(kernelgan.bicubic_x2_kernel(), 2)
+    return kernel if sf == 2 else kernelgan.x4_kernel_from_x2(kernel)
+
+
+def log_euclidean_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||log(a) - log(b)||_F for 2x2 SPD matrices: errors in width count relative to the width."""
+    difference = kernelprior.log_covariance(a) - kernelprior.log_covariance(b)
+    return float(math.sqrt(difference[0] ** 2 + 2 * difference[1] ** 2 + difference[2] ** 2))
+
+
+def prior_held_out_measure(half: torch.Tensor, sf: int, kernel: np.ndarray) -> float:
+    covariance = kernelgan.kernel_covariance(kernel)
+    values, vectors = np.linalg.eigh(covariance)
+    covariance = vectors @ np.diag(np.clip(values, 1e-3, None)) @ vectors.T
+    return log_euclidean_distance(covariance, kernelprior.estimate_covariance(half, sf))
+
+
+def halves(color: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    height, width = color.shape[-2:]
+    if height >= width:
+        first, second = color[..., :height // 2, :], color[..., height // 2:, :]
+    else:
+        first, second = color[..., :width // 2], color[..., width // 2:]
+    if min(*first.shape[-2:], *second.shape[-2:]) < HELD_OUT_MIN_SIDE:
+        return None
+    return first, second
+
+
+def held_out_check(color: torch.Tensor, sf: int,
+                   measure: Callable[[torch.Tensor, int, np.ndarray], float]) -> dict[str, Any] | None:
+    """{"estimate": mean held-out score of the halves' estimates, "bicubic": the bicubic kernel's, "kept": the
+    better}; None when the input is too small to cut in two."""
+    parts = halves(color)
+    if parts is None:
+        return None
+    bicubic = bicubic_kernel(sf)
+    estimate_scores, bicubic_scores = [], []
+    for seen, held_out in (parts, parts[::-1]):
+        estimate = kernelprior.kernel_from_covariance(kernelprior.estimate_covariance(seen, sf), sf)
+        estimate_scores.append(measure(held_out, sf, estimate))
+        bicubic_scores.append(measure(held_out, sf, bicubic))
+    estimate_score, bicubic_score = float(np.mean(estimate_scores)), float(np.mean(bicubic_scores))
+    return {"measure": "kernel prior on the held-out half", "estimate": round(estimate_score, 4),
+            "bicubic": round(bicubic_score, 4), "kept": "estimate" if estimate_score <= bicubic_score else "bicubic"}
 
 
 # --- how wide a kernel can the input take? ---------------------------------------------------------------------
