@@ -132,6 +132,7 @@ class JobKernel(BaseModel):
     factor: float | None = Field(None, description="the factor the estimate's covariance was scaled by: the widest "
                                                    "blur that explains the input (below 1 narrowed, above 1 widened)")
     shape: str | None = Field(None, description="the estimate's shape as used: estimate, turned 45/90/135, isotropic")
+    estimator: str | None = Field(None, description="which estimator ran: prior (the learnt kernel prior) or kernelgan")
     estimation_seconds: float | None = None
 
 

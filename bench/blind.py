@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import sr  # noqa: E402
 from sr import blind, degradations, kernelgan, kernelprior  # noqa: E402
-from sr.config import config_for  # noqa: E402
+from sr.config import KERNEL_ESTIMATORS, config_for  # noqa: E402
 from sr.model import autocast_for, build_net, prepare_input  # noqa: E402
 from sr.resize import Degradation, son_of  # noqa: E402
 
@@ -423,6 +423,11 @@ def _with(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
+def _cell(value: Score) -> str:
+    """A PSNR / SSIM pair as the JPEG and arch tables show it."""
+    return f"{value.psnr:.2f} / {value.ssim:.4f}"
+
+
 def print_jpeg_table(rows: list[JpegRow], preset: str) -> None:
     print(f"\nJPEG set (x2, bicubic downscale then JPEG): PSNR (dB, Y) / SSIM; ZSSR preset {preset}; blockiness "
           "1.00 = no 8x8 grid")
@@ -630,7 +635,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sf", default="2", help="kernel set scale factors: 2, 4 or 2,4")
     parser.add_argument("--phase", default="aligned", choices=("aligned", "centre"),
                         help="where the true kernel is centred (bench_kernel): the convention, or another phase")
-    parser.add_argument("--estimator", default="auto", choices=blind.ESTIMATORS,
+    parser.add_argument("--estimator", default="auto", choices=KERNEL_ESTIMATORS,
                         help="the estimator to run; auto = what sr.upscale(kernel='estimate') runs")
     parser.add_argument("--preset", default="fast", choices=("fast", "balanced", "paper"))
     parser.add_argument("--config", type=Path, help="a JSON object of ZSSRConfig overrides")

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from sr import kernelgan, kernelprior
-from sr.config import ZSSRConfig
+from sr.config import KERNEL_ESTIMATORS, ZSSRConfig
 from sr.degradations import center_kernel, estimate_noise_std, jpeg_settings
 from sr.errors import InvalidInput
 from sr.progress import Progress
@@ -71,7 +71,7 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
         log.info("denoise=auto: noise_std %.4f estimated from the image", noise_std)
     if isinstance(kernel, str) and kernel == "estimate":
         estimate = estimate_kernel(color, sf, config, seed=seed, device=device, progress=progress,
-                                   should_stop=should_stop)
+                                   should_stop=should_stop, estimator=config.kernel_estimator)
         info["kernel_source"] = "estimate"
         info.update(estimate.info)
         degradation = degradation_for(estimate.kernel)
@@ -114,7 +114,6 @@ class KernelEstimate:
     info: dict[str, Any]  # kernel_estimator ("prior" or "kernelgan"), kernel_estimation_seconds, and its details
 
 
-ESTIMATORS = ("auto", "prior", "kernelgan")
 
 
 def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None = None,
@@ -127,8 +126,9 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
     "prior" or "kernelgan" force one."""
     if sf[0] != sf[1] or sf[0] not in kernelgan.SUPPORTED_SF:
         raise InvalidInput(f"kernel estimation works at x2 or x4 (the same on both axes), got {sf[0]:g}x{sf[1]:g}")
-    if estimator not in ESTIMATORS:
-        raise InvalidInput(f"unknown kernel estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    if estimator not in KERNEL_ESTIMATORS:
+        raise InvalidInput(f"unknown kernel estimator {estimator!r}; "
+                           f"expected one of {', '.join(KERNEL_ESTIMATORS)}")
     scale = int(sf[0])
     started = time.monotonic()
     use_prior = estimator == "prior" or (estimator == "auto" and scale in kernelprior.available_scales()

@@ -66,10 +66,14 @@ class ZSSRConfig:
     # While it is on, back-projection is off (it would copy the input's blocks into the output).
     son_jpeg_quality: int = -1
     kernel_estimation_iters: int = KERNEL_ESTIMATION_ITERS  # KernelGAN steps for kernel="estimate"
+    # kernel="estimate": "auto" = the learnt kernel prior where its weights ship (x2), else KernelGAN; "prior" or
+    # "kernelgan" force one (bench/RESULTS.md, blind SR, compares them)
+    kernel_estimator: str = "auto"
 
 
 PRECISIONS = ("float32", "bfloat16")
 ARCHS = ("pre", "post")
+KERNEL_ESTIMATORS = ("auto", "prior", "kernelgan")
 MIN_INFERENCE_MEMORY_MB = 16
 
 PAPER = ZSSRConfig(channels_last=True)  # the reference; channels_last changes no result, only the speed
@@ -146,6 +150,8 @@ def validate(config: ZSSRConfig) -> None:
         raise InvalidInput("config field 'son_jpeg_quality' must be -1 (auto), 0 (off) or a quality 1..100")
     if config.kernel_estimation_iters < 1:
         raise InvalidInput("config field 'kernel_estimation_iters' must be at least 1")
+    if config.kernel_estimator not in KERNEL_ESTIMATORS:
+        raise InvalidInput(f"config field 'kernel_estimator' must be one of {', '.join(KERNEL_ESTIMATORS)}")
     if config.noise_std < 0:
         raise InvalidInput("config field 'noise_std' must not be negative")
     for sf in config.scale_factors:

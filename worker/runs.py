@@ -323,6 +323,8 @@ def kernel_record(info: dict[str, Any]) -> dict[str, Any] | None:
         record["factor"] = float(info["kernel_factor"])
     if info.get("kernel_shape") is not None:
         record["shape"] = str(info["kernel_shape"])
+    if info.get("kernel_estimator") is not None:
+        record["estimator"] = str(info["kernel_estimator"])  # "prior" (the learnt kernel prior) or "kernelgan"
     if info.get("kernel_estimation_seconds") is not None:
         record["estimation_seconds"] = float(info["kernel_estimation_seconds"])
     return record

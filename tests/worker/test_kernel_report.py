@@ -57,3 +57,8 @@ def test_the_api_refuses_the_image_sizes_the_core_cannot_estimate_a_kernel_on():
         kernelgan.estimate_kernel(torch.rand(1, 3, smallest - 1, smallest + 8), 2, iters=1, seed=0)
     kernel = kernelgan.estimate_kernel(torch.rand(1, 3, smallest, smallest), 2, iters=1, seed=0)
     assert abs(kernel.sum() - 1.0) < 1e-6
+
+
+def test_the_job_says_which_estimator_made_its_kernel():
+    fields = sr_metrics(_output(kernel=KERNEL, kernel_source="estimate", kernel_estimator="prior"))
+    assert json.loads(fields["kernel"])["estimator"] == "prior"
