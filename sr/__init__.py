@@ -1,7 +1,7 @@
 """ZSSR core: per-image training and patch-wise inference, pure PyTorch + Pillow + NumPy.
 
 `sr.upscale(image, scale, method="zssr" | "bicubic", preset=..., config=...)`; presets and config in sr.config,
-the algorithm in sr.train / sr.inference / sr.zssr (SPEC-zssr.md); image I/O in sr.images; metrics in sr.metrics.
+the algorithm in sr.train / sr.inference / sr.zssr (docs/algorithm.md); image I/O in sr.images; metrics in sr.metrics.
 """
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def blind_setup(image: Image.Image, color: torch.Tensor, sf: tuple[float, float]
     degradation = dataclasses.replace(degradation, jpeg_quality=quality, jpeg_subsampling=subsampling)
     if quality:
         # Back-projection makes down(output) equal the input, and a compressed input's blocks with it: it undoes
-        # what the JPEG-aware net learnt (bench/blind.py: about +0.3 dB and no grid without it, blocking with it).
+        # what the JPEG-aware net learnt (without it: no grid; with it: blocking; bench/RESULTS.md, blind SR).
         config = dataclasses.replace(config, back_projection_iters=(0,))
 
     info["noise_std"] = config.noise_std
@@ -247,8 +247,8 @@ def held_out_check(color: torch.Tensor, sf: int,
 # KernelGAN's width and orientation are unreliable: it over-estimates the blur of images that were soft to begin
 # with (it sees the photo's own softness as kernel; chelsea's narrow axis came out 2x too wide), under-estimates
 # wide blurs (camera) and can put the long axis across the true one (coffee). ZSSR with a kernel too wide inverts a
-# blur the image never had: over-sharpening that costs far more than a kernel too narrow (bench/blind.py, chelsea:
-# 25.7 dB at the estimate, 32.3 at a quarter of its covariance, 33.3 with the true kernel). Patch statistics
+# blur the image never had: over-sharpening that costs far more than a kernel too narrow (bench/RESULTS.md, blind
+# SR, the kernel fit). Patch statistics
 # cannot tell a soft photo from a wide kernel (the cross-scale patch-recurrence score and the gradients' L1/L2 of
 # the deconvolved image both preferred every widening on the bench's tuned-on images). What can: a kernel too
 # wide, or wide across the image's sharp edges, cannot explain the input. Back-projection from the cubic upsample,
@@ -259,11 +259,10 @@ def held_out_check(color: torch.Tensor, sf: int,
 # (8-bit quantisation, or the config's noise_std when higher). The factor is found by bisection on its log2, the
 # residual being monotone in it; a later shape is tried only if it explains the input a step wider than the best
 # so far (one residual otherwise). The limit (1.0) and the shapes were chosen on the tuned-on images of
-# bench/blind.py (astronaut, chelsea, coffee, camera): limits 0.75 / 1.0 / 1.25 gave ZSSR means within 0.1 dB;
-# turning the shape gained +1.0 dB on coffee, +0.2 on astronaut (bench/RESULTS.md, "Blind SR").
+# bench/blind.py (astronaut, chelsea, coffee, camera); the figures that chose them: bench/RESULTS.md, "Blind SR".
 # The residual is not converged after 10 steps (a converged projected-gradient solver explains chelsea's 2x-too-wide
-# kernel to 0.002 x the floor): it is a width prior tied to the image's contrast, not a proof of impossibility.
-# It narrows some true kernels (astronaut's sits at 1.36 x the floor, camera's at 1.45) and lets a smooth,
+# kernel far below the floor): it is a width prior tied to the image's contrast, not a proof of impossibility.
+# It narrows some true kernels (their residuals sit above the floor) and lets a smooth,
 # low-contrast image take a kernel wider than its own (measured: 1.8x on a smooth synthetic texture).
 KERNEL_FIT_RESIDUAL = 1.0
 CONSISTENCY_ITERS = 10

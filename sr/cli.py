@@ -1,4 +1,4 @@
-"""`python -m sr upscale` and `python -m sr evaluate` (CONTRACT.md section 2).
+"""`python -m sr upscale` and `python -m sr evaluate` (README, "The core: `sr` from Python and the command line").
 
 Exit codes: 0 success; 2 bad input (a missing or unreadable file, a bad scale, bad JSON, an unknown config field,
 an image too small), with one line `error: ...` on stderr and no traceback; 1 an unexpected failure, also one

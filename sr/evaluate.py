@@ -1,4 +1,4 @@
-"""The evaluation protocol of super-resolution papers, as reusable functions (SPEC-zssr.md, evaluation protocol).
+"""The evaluation protocol of super-resolution papers, as reusable functions (docs/algorithm.md, the evaluation protocol).
 
 A high-resolution photo is cropped to a multiple of the scale and downscaled with Pillow's antialiased bicubic
 (within 0.01 dB of MATLAB's `imresize` on Set14); the low-resolution result is upscaled back by bicubic and by
@@ -83,7 +83,7 @@ def degrade(hr: Image.Image, scale: float | tuple[float, float]) -> tuple[Image.
     if min(lr_size) < MIN_SIDE:
         raise InvalidInput(f"a {hr.width}x{hr.height} image is too small to evaluate at x{sx:g},{sy:g}: its "
                            f"low-resolution input would be {lr_size[0]}x{lr_size[1]} pixels")
-    hr_size = (round(lr_size[0] * sx), round(lr_size[1] * sy))  # what upscale makes of lr_size (CONTRACT.md)
+    hr_size = (round(lr_size[0] * sx), round(lr_size[1] * sy))  # what upscale makes of lr_size (docs/http-api.md, `scale`)
     hr_cropped = hr.crop((0, 0, *hr_size))  # top-left, as MATLAB's modcrop
     lr = hr_cropped.resize(lr_size, Image.Resampling.BICUBIC)  # antialiased when reducing
     return hr_cropped, lr

@@ -45,12 +45,9 @@ from sr.progress import Progress
 log = logging.getLogger(__name__)
 
 PUBLISHED_ITERS = 3000
-# Measured with `bench/blind.py --parts kernel --crop 256 --images astronaut,chelsea --kernel-sweep
-# 100,300,600,1000,1500,3000` (the reference's raw kernel, before the Gaussian fit) on this 2-core CPU
-# (one thread, ~30 ms per step with the explicit-kernel generator): the kernel error does not keep falling after
-# the regulariser schedule has run its course (the bicubic weight decays every 200 steps, the constraints join by
-# step ~400-600); astronaut's LR PSNR of the estimate was 37.7/37.5/45.1/37.4/45.8/42.3 dB at 100/300/600/1000/
-# 1500/3000 steps, chelsea's 36.7/36.9/38.3 at 100/300/600. 600 steps: about 20 s on one CPU thread.
+# Fewer than the reference's steps: the kernel error stops falling once the regulariser schedule has run its course
+# (the bicubic weight decays every 200 steps, the constraints join by step ~400-600); the step-count sweep that
+# showed it (`bench/blind.py --parts kernel --kernel-sweep ...`) is in bench/RESULTS.md.
 DEFAULT_ITERS = 600
 
 SUPPORTED_SF = (2, 4)
@@ -76,7 +73,7 @@ class KernelGANConfig:
     n_filtering: int = 40  # post-processing: taps below 0.75 x the (n+1)-th largest are zeroed
     # Post-processing beyond the reference: replace the (noisy, spiky) kernel by the anisotropic Gaussian with its
     # centre and second moments. ZSSR inverts the kernel, so the spikes' notches cost far more than the shape
-    # detail they carry (bench/blind.py: about +1 dB of ZSSR PSNR on astronaut). False = the reference's kernel.
+    # detail they carry (bench/RESULTS.md, blind SR). False = the reference's kernel.
     fit_gaussian: bool = True
 
     @property

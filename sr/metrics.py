@@ -1,4 +1,4 @@
-"""PSNR and SSIM on the luma (Y) channel, as super-resolution papers report them (SPEC-zssr.md, evaluation).
+"""PSNR and SSIM on the luma (Y) channel, as super-resolution papers report them (docs/algorithm.md, the evaluation protocol).
 
 Y is ITU-R BT.601 on the 8-bit scale (16..235), as MATLAB's `rgb2ycbcr` computes it, kept in floating point
 (not rounded to 8 bits); a grey image uses its one channel as it is. `shave` pixels are cut from every border

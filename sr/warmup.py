@@ -1,8 +1,8 @@
 """Warm a device up before its first job: one tiny ZSSR job per config.
 
 The first CUDA work of a process pays for the context, the cuBLAS and cuDNN handles and loading every kernel it
-uses (CUDA loads a kernel's module on its first launch); measured on an H200 (bench/RESULTS.md) the first paper
-job of a process took 8.7 s where the jobs after it took 1.0-2.5 s. A long-lived worker pays that once, but a
+uses (CUDA loads a kernel's module on its first launch): the first job of a process takes several times as long
+as the next (bench/RESULTS.md, GPU). A long-lived worker pays that once, but a
 user's first job after every start or restart should not: `warm_up` runs a job of WARM_UP_STEPS steps on a
 small image for each config, so training (eager steps, the CUDA-graph capture and its replay), the
 reconstruction test and the tiled, self-ensembled inference with back-projection have each run once with the
@@ -21,8 +21,8 @@ from sr.config import PRESETS, ZSSRConfig
 from sr.cuda_step import WARMUP_STEPS
 from sr.zssr import upscale
 
-# pixels: crops and tiles of the presets' own sizes or smaller; 2.7 s for the three presets on the 2-core VM, about
-# 0.1 s each on an H200 once CUDA is up (the first pays its start-up: 5-6 s)
+# pixels: crops and tiles of the presets' own sizes or smaller, so the warm-up costs little beside a job (its
+# seconds per device: bench/RESULTS.md)
 WARM_UP_SIDE = 96
 WARM_UP_STEPS = WARMUP_STEPS + 5  # past the graph's eager warm-up steps, so the captured step is replayed too
 
