@@ -1,12 +1,13 @@
 """Idempotency-Key on `POST /v1/jobs` (IETF httpapi draft; Stripe's semantics): the same key from the same caller
 with the same body within 24 h gets the first job back instead of a second one.
 
-The key is claimed once the body is read (its fingerprint known) and before the costly checks; the create script
-that records the job names it in the key's record in the same step, so two API processes given one key at once
-make one job (jobs/lua/idempotency_claim.lua, jobs/lua/create.lua).
+The create script that records the job checks the key's record and names the job in it in the same step, so two
+API processes given one key at once make one job (jobs/lua/create.lua). A submission with costly checks holds the
+key first, once the body is read (jobs/lua/idempotency_claim.lua), so a retry meanwhile gets 409 instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -16,6 +17,7 @@ from fastapi import Request
 from api.deps import Caller
 from api.errors import ApiError
 from api.schemas import JobCreate
+from api.submission import Upload
 from jobs.store import IdempotencyClaim, idempotency_record_key
 
 HEADER = "idempotency-key"
@@ -45,11 +47,25 @@ def fingerprint(params: JobCreate, image: bytes | None, image_url: str | None) -
     return digest.hexdigest()
 
 
-async def claim(caller: Caller, key: str, body_fingerprint: str) -> tuple[IdempotencyClaim, str | None]:
-    """Hold `key` for this submission: (the claim, None), or (the claim, the job id) when the key already made a
+def claim_for(caller: Caller, key: str, upload: Upload) -> IdempotencyClaim:
+    """The caller's claim on `key` for this body, not yet held (no token): the create script alone then decides
+    (a replay, a reuse with another body, or the new job named in the key's record, atomically)."""
+    return IdempotencyClaim(idempotency_record_key(caller.owner, hashlib.sha256(key.encode()).hexdigest()), "",
+                            fingerprint(upload.params, upload.image, upload.image_url))
+
+
+def worth_holding(upload: Upload, small_body: bool, stores_blobs: bool) -> bool:
+    """Whether the key is held before the checks: when they are costly (a large body, an image_url to fetch, a
+    webhook host to resolve, an input to store), a retry that comes meanwhile gets 409 rather than redo them, and a
+    replay skips them. A cheap submission goes straight to the create script: one round trip, as without a key
+    (a held key was two more, and doubled the submit p50 in bench/api_load.py --idempotency key)."""
+    return not small_body or upload.image_url is not None or upload.params.webhook_url is not None or stores_blobs
+
+
+async def hold(caller: Caller, claim: IdempotencyClaim) -> tuple[IdempotencyClaim, str | None]:
+    """Hold the key for this submission: (the held claim, None), or (it, the job id) when the key already made a
     job with this body. 422 when it made one with another body; 409 while another request holds it."""
-    held = IdempotencyClaim(idempotency_record_key(caller.owner, hashlib.sha256(key.encode()).hexdigest()),
-                            secrets.token_hex(8), body_fingerprint)
+    held = dataclasses.replace(claim, token=secrets.token_hex(8))
     pending = caller.settings.image_url_timeout_seconds + PENDING_MARGIN_SECONDS
     outcome, job_id = await caller.store.claim_idempotency(held, pending_seconds=pending)
     if outcome == "reused":

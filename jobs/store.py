@@ -151,7 +151,8 @@ def _register(client: redis.Redis | aioredis.Redis, name: str):
 
 
 class Creation(NamedTuple):
-    outcome: str  # 'created', or why nothing was written: 'rate_limited', 'too_many_jobs', 'replay', 'in_use'
+    outcome: str  # 'created', or why nothing was written: 'rate_limited', 'too_many_jobs', 'storage_lost', 'replay',
+    # 'reused', 'in_use'
     rate_wait: float  # with 'rate_limited': the seconds before the key's next request is allowed
     replay_of: str | None = None  # with 'replay': the job its Idempotency-Key made
 

@@ -64,15 +64,16 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
             await count.now()
         upload = await read_submission(request, settings)
         if key is not None:
-            await count.now()  # the claim is a round trip of its own: count the request before it
-            claim, made = await idempotency.claim(caller, key, idempotency.fingerprint(
-                upload.params, upload.image, upload.image_url))
-            if made is not None:
-                return await replay(made, caller, response)
+            claim = idempotency.claim_for(caller, key, upload)
+            if idempotency.worth_holding(upload, small_body(request), blob_store(request) is not None):
+                await count.now()  # the hold is a round trip of its own: count the request before it
+                claim, made = await idempotency.hold(caller, claim)
+                if made is not None:
+                    return await replay(made, caller, response)
         submission = await checked_submission(upload, settings, count)
     except Exception:
         await count.now()  # over the rate: 429 instead of the submission's own error
-        if claim is not None:
+        if claim is not None and claim.token:
             await store.release_idempotency(claim)
         raise
     params, info, (width, height) = submission.params, submission.info, submission.output
@@ -96,10 +97,12 @@ async def create_job(request: Request, response: Response, caller: SubmittingKey
                                   message=message, rate=count.with_create(), claim=claim)
     if creation.outcome == "replay":  # this request's claim lapsed and another made the job meanwhile
         return await replay(creation.replay_of, caller, response)
-    if creation.outcome != "created" and claim is not None:
+    if creation.outcome != "created" and claim is not None and claim.token:
         await store.release_idempotency(claim)
     if creation.outcome == "in_use":
         raise idempotency.in_use()
+    if creation.outcome == "reused":
+        raise idempotency.reused()
     if creation.outcome == "storage_lost":
         raise storage_unavailable()
     if creation.outcome == "rate_limited":

@@ -3,22 +3,23 @@
 -- message '' and '': record only, send nothing; record: the job's fields as one JSON object of strings
 -- (one argument: redis-py encodes each argument in Python, about a microsecond apiece, and a record has
 -- some twenty); idempotency: the Idempotency-Key record this request claimed under claim_token ('' for
--- none), with the body's fingerprint and the record's lifetime in seconds: it names the job once recorded,
--- so a retry of the request finds it.
+-- a claim not held first), with the body's fingerprint and the record's lifetime in seconds: it names the job
+-- once recorded, so a retry of the request finds it.
 -- With a blob store, `input` is '' and the record names the stored input (`input_key`), which is recorded here
 -- (deleted at the job's expiry or end) or, when nothing is written, deleted soon.
 -- -> {'created', 0}, or nothing written and {'rate_limited', ms to wait}, {'too_many_jobs', 0} (the owner
 --    already has the most unfinished jobs allowed), {'storage_lost', 0} (the sweeper gave the input's put up),
---    {'replay', job id} or {'in_use', 0} (the claim lapsed and another request of the same key took it
---    meanwhile)
+--    {'replay', job id} (the key made a job with this body), {'reused', 0} (with another body) or {'in_use', 0}
+--    (another request of the same key holds it)
 local _, id, ttl, tomb_ttl, owner, created_us, input, max_active, now, queue_list, message,
       bucket, interval, burst, record, idempotency, claim_token, fingerprint, idempotency_ttl = unpack(ARGV)
 ttl, max_active = tonumber(ttl), tonumber(max_active)
 record = cjson.decode(record)
 local stored_input = record['input_key']
 if idempotency ~= '' then
-  local made, holder = unpack(redis.call('HMGET', idempotency, 'job', 'token'))
-  local outcome = (made and {'replay', made}) or (holder and holder ~= claim_token and {'in_use', 0})
+  local made, made_with, holder = unpack(redis.call('HMGET', idempotency, 'job', 'fingerprint', 'token'))
+  local outcome = (made and made_with == fingerprint and {'replay', made}) or (made and {'reused', 0})
+                  or (holder and holder ~= claim_token and {'in_use', 0})
   if outcome then
     if stored_input then keep_blob(stored_input, now) end
     return outcome

@@ -144,3 +144,19 @@ def test_a_private_target_is_refused_unless_allowed(make_client, image_host):
 def test_a_url_of_another_kind_is_refused(client, url):
     response = submit_url(client, url)
     assert response.status_code == 422 and error_code(response) == "image_url_refused"
+
+
+def test_a_retry_while_a_keyed_fetch_is_under_way_is_409_then_replays(client, image_host):
+    headers, body = {"Idempotency-Key": "slow-fetch-" + str(time.time())}, {"image_url": image_host + "/slow",
+                                                                             "method": "bicubic"}
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(client.post("/v1/jobs", json=body, headers=headers)))
+    thread.start()
+    time.sleep(1.0)  # the first request holds the key while its image arrives (5 s)
+    retry = client.post("/v1/jobs", json=body, headers=headers)
+    assert retry.status_code == 409 and error_code(retry) == "idempotency_key_in_use"
+    assert retry.headers["retry-after"] == "1"
+    thread.join()
+    assert first[0].status_code == 202, first[0].text
+    again = client.post("/v1/jobs", json=body, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == first[0].json()["id"]
