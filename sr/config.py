@@ -85,7 +85,8 @@ PAPER = ZSSRConfig(channels_last=True)  # the reference; channels_last changes n
 # the reconstruction test on a central crop; and init_variance 1.0 instead of 0.1: with 0.1 the residual of an
 # 8-layer net starts some 1e-4 times smaller than its input and short runs can stall at the cubic baseline
 # (seen on scikit-image's coffee), while 1.0 trains from the first steps. Their self-check reads held-out data (a
-# probe on a held-out scale, sr/holdout.py) on small crops, so it adds about a tenth to the training's cost.
+# probe on a held-out scale, sr/holdout.py) on small crops, so it adds a small share of the training's cost
+# (bench/RESULTS.md, issue 17); `paper` keeps the reference's test.
 # Well under 3 minutes per 512x512 output at x2 on a 2-core CPU (40-52 CPU-s with one thread): the reference's
 # 8x64 net on 96-pixel crops; +2.02 dB mean over bicubic on the five scikit-image photos (fast: +1.95).
 BALANCED = ZSSRConfig(
