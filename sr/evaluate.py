@@ -146,7 +146,7 @@ def format_table(rows: list[EvalRow]) -> str:
     by_key = {(row.image, row.method): row for row in rows}
     header = ["image", "size (LR -> HR)", "bicubic PSNR/SSIM"]
     for method in methods:
-        header += [f"{method} PSNR/SSIM", f"{method} gain dB", f"{method} s (wall/CPU)"]
+        header += [f"{method} PSNR/SSIM", f"{method} gain dB", f"{method} blend", f"{method} s (wall/CPU)"]
     lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
     for image in dict.fromkeys(row.image for row in rows):
         any_row = next(row for row in rows if row.image == image)
@@ -155,7 +155,7 @@ def format_table(rows: list[EvalRow]) -> str:
         for method in methods:
             row = by_key.get((image, method))
             gain = row.psnr - bicubic.psnr if row and bicubic else math.nan
-            cells += [_scores(row), f"{gain:+.2f}" + _fallback_mark(row),
+            cells += [_scores(row), f"{gain:+.2f}" + _fallback_mark(row), _blend(row),
                       f"{row.wall_seconds:.1f} / {row.cpu_seconds:.1f}" if row else "-"]
         lines.append(_markdown_row(cells))
     summaries = {summary.method: summary for summary in summarize(rows)}
@@ -163,7 +163,7 @@ def format_table(rows: list[EvalRow]) -> str:
     mean_cells = ["**mean**", f"{images} images", _mean_scores(summaries.get(BICUBIC))]
     for method in methods:
         summary = summaries[method]
-        mean_cells += [_mean_scores(summary), f"{summary.mean_gain:+.2f} (min {summary.min_gain:+.2f})",
+        mean_cells += [_mean_scores(summary), f"{summary.mean_gain:+.2f} (min {summary.min_gain:+.2f})", "",
                        f"{summary.mean_wall_seconds:.1f} / {summary.mean_cpu_seconds:.1f}"]
     lines.append(_markdown_row(mean_cells))
     return "\n".join(lines)
@@ -183,6 +183,12 @@ def _scores(row: EvalRow | None) -> str:
 
 def _mean_scores(summary: MethodSummary | None) -> str:
     return f"{summary.mean_psnr:.2f} / {summary.mean_ssim:.4f}" if summary else "-"
+
+
+def _blend(row: EvalRow | None) -> str:
+    """The self-check's weight of the net in the output (1.00 = the net as it is), '-' where there was none."""
+    blend = ((row.info.get("self_check") or {}).get("blend")) if row else None
+    return f"{blend:.2f}" if blend is not None else "-"
 
 
 def _fallback_mark(row: EvalRow | None) -> str:

@@ -308,7 +308,7 @@ class PackedJob:
                              run.policy.learning_rate, final=True)
         stage_sf = self.stages[self.stage]
         output, stage_info = infer_stage(run, self.test, self.lr_image, stage_sf, self.degradation, self.config,
-                                         self.stage, self.callbacks, self.throttle)
+                                         self.stage, self.callbacks, self.throttle, seed=self.seed + self.stage)
         stage_info.update(train_steps=run.iteration, learning_rate=run.policy.learning_rate,
                           learning_rate_changes=list(run.policy.change_steps[1:]), cuda_graph=graphed)
         self.stage_infos.append(stage_info)

@@ -23,6 +23,7 @@ from sr.checkpoint import fingerprint, load_state, restore_run, save_state
 from sr.config import PRESETS, ZSSRConfig, config_for, scale_pair, validate
 from sr.cuda_step import train_stage_for, train_stage_graphed
 from sr.errors import Cancelled, InvalidInput
+from sr.holdout import PROBE_SEED_OFFSET, HeldOutFigures, held_out_data, held_out_figures, net_rebuild, probe_config
 from sr.images import MIN_SIDE, from_tensor, to_tensor
 from sr.inference import super_resolve
 from sr.model import build_net
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 METHODS = ("zssr", "bicubic")
 PROGRESS_INTERVAL_SECONDS = 0.25  # at most 4 progress calls a second (plus the last of each phase)
 MAX_SCALE = 64.0
+SELF_CHECK_KEYS = ("data", "net_mse", "cubic_mse", "gain_db", "weight", "probe_steps", "blend", "decision")
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ def zssr(lr_image: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *,
             restore_run(run, saved)
             log.info("resumed ZSSR training at stage %d, step %d", index, run.iteration)
         test = ReconstructionTest(lr_image, stage_sf, degradation, config, torch.Generator().manual_seed(seed + index))
-        remaining = config.max_iters * (len(stages) - index)
+        remaining = (config.max_iters + probe_steps(config)) * (len(stages) - index)
         hooks = StageHooks(
             should_stop=callbacks.stop_requested,
             on_step=lambda step, loss, lr: throttle.report("training", steps_before + step, steps_before + remaining,
@@ -224,8 +226,10 @@ def zssr(lr_image: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *,
             hooks.on_checkpoint(run)  # the stage's last state, so a run killed in inference resumes here
         throttle.report("training", steps_before + run.iteration, steps_before + run.iteration, None,
                         run.policy.learning_rate, final=True)
+        probe_progress = (lambda step, loss, lr, done=run.iteration: throttle.report(
+            "training", steps_before + done + step, steps_before + remaining, loss, lr))
         output, stage_info = infer_stage(run, test, lr_image, stage_sf, degradation, config, index, callbacks,
-                                         throttle)
+                                         throttle, seed=seed + index, probe_progress=probe_progress)
         stage_info.update(train_steps=run.iteration, learning_rate=run.policy.learning_rate,
                           learning_rate_changes=list(run.policy.change_steps[1:]),
                           cuda_graph=train is train_stage_graphed)
@@ -238,25 +242,50 @@ def zssr(lr_image: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *,
 
 
 def build_run(net, lr_image: torch.Tensor, sources: list[FatherSource], sf: tuple[float, float],
-              degradation: Degradation, config: ZSSRConfig, generator: torch.Generator) -> TrainingRun:
+              degradation: Degradation, config: ZSSRConfig, generator: torch.Generator,
+              max_scale: float | None = None) -> TrainingRun:
+    """A fresh stage's run; its fathers reach up to `max_scale` (default: the latest source's scale)."""
     crop = min([config.crop_size] + list(lr_image.shape[-2:]))
     rotations = config.allow_rotation and degradation.is_symmetric
-    pool = FatherPool(sources, config, crop_size=crop, max_scale=sources[-1].base_scale, rotations=rotations,
-                      axes_may_swap=sf[0] == sf[1], generator=generator)
+    pool = FatherPool(sources, config, crop_size=crop, max_scale=max_scale or sources[-1].base_scale,
+                      rotations=rotations, axes_may_swap=sf[0] == sf[1], generator=generator)
     return new_run(net, pool, config, generator)
+
+
+def probe_steps(config: ZSSRConfig) -> int:
+    """The self-check probe's training steps per stage (0 when the check reads the training data)."""
+    return config.self_check_probe_steps if config.self_check else 0
+
+
+def scale_held_out_check(lr_image: torch.Tensor, sf: tuple[float, float], degradation: Degradation,
+                         config: ZSSRConfig, seed: int, hooks: StageHooks = StageHooks()) -> HeldOutFigures:
+    """The self-check on a held-out scale (sr/holdout.py): a probe net of the config's shape trains on fathers
+    downscaled to at most config.self_check_probe_scale, then rebuilds lr_image (a scale it never trained on) from
+    its lr_son; the figures of that rebuild against cubic's. Deterministic in `seed`; `hooks` as for training."""
+    probe = probe_config(config)
+    generator = torch.Generator().manual_seed(seed + PROBE_SEED_OFFSET)
+    net = build_net(lr_image.shape[1], probe, lr_image.device, generator, sf=sf)
+    run = build_run(net, lr_image, [FatherSource(lr_image, 1.0)], sf, degradation, probe, generator,
+                    max_scale=config.self_check_probe_scale)
+    data = held_out_data(lr_image, sf, degradation, config.noise_std, torch.Generator().manual_seed(seed))
+    test = ReconstructionTest(lr_image, sf, degradation, probe, torch.Generator().manual_seed(seed))
+    train_stage_for(run, probe)(run, test, sf, degradation, probe, hooks)
+    return held_out_figures(lambda son_up: net_rebuild(run.net, son_up, probe), data)
 
 
 def infer_stage(run: TrainingRun, test: ReconstructionTest, lr_image: torch.Tensor, sf: tuple[float, float],
                 degradation: Degradation, config: ZSSRConfig, index: int, callbacks: Callbacks,
-                throttle: ProgressThrottle) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The stage's super-resolved image, blended toward cubic when the self-check finds the net no better."""
-    net_error = test.error(run.net)
-    blend = self_check_blend(test.rebuild(run.net), test.son_up, test.target) if config.self_check else 1.0
+                throttle: ProgressThrottle, *, seed: int = 0,
+                probe_progress: Callable[[int, torch.Tensor, float], None] | None = None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The stage's super-resolved image, blended toward cubic by the weight the self-check measures."""
+    hooks = StageHooks(should_stop=callbacks.stop_requested, on_step=probe_progress or StageHooks().on_step)
+    info = {"sf": list(sf), **self_check(run, test, lr_image, sf, degradation, config, seed, hooks)}
+    blend, net_error = info["blend"], info["net_mse"]
     size = output_size(lr_image.shape[-2], lr_image.shape[-1], sf)
-    info: dict[str, Any] = {"sf": list(sf), "net_mse": net_error, "cubic_mse": test.cubic_error, "blend": blend}
     if blend <= 0.0:
-        log.info("self-check: the net rebuilds the input no better than cubic (%.3g >= %.3g); using cubic",
-                 net_error, test.cubic_error)
+        log.info("self-check on the %s data: the net rebuilds it no better than cubic (%.3g vs %.3g); using cubic",
+                 info["data"], net_error, info["cubic_mse"])
         throttle.report("inference", 1, 1, final=True)
         return cubic_resize(lr_image, size).clamp_(0.0, 1.0), {**info, "fallback": "cubic"}
     transforms = ensemble_transforms(config.ensemble_size, sf[0] == sf[1]) if config.output_flip else [0]
@@ -268,11 +297,28 @@ def infer_stage(run: TrainingRun, test: ReconstructionTest, lr_image: torch.Tens
                            on_tile=lambda done, total: throttle.report("inference", done, total,
                                                                        final=done == total))
     if blend < 1.0:
-        log.info("self-check: the net is no better than cubic (%.3g >= %.3g); blending %.2f toward it",
-                 net_error, test.cubic_error, blend)
+        log.info("self-check on the %s data: net %.3g, cubic %.3g; blending %.2f of the net with cubic",
+                 info["data"], net_error, info["cubic_mse"], blend)
         output = blend * output + (1.0 - blend) * cubic_resize(lr_image, size).clamp_(0.0, 1.0)
         return output, {**info, "fallback": f"blend {blend:.2f}"}
     return output, {**info, "fallback": None}
+
+
+def self_check(run: TrainingRun, test: ReconstructionTest, lr_image: torch.Tensor, sf: tuple[float, float],
+               degradation: Degradation, config: ZSSRConfig, seed: int, hooks: StageHooks) -> dict[str, Any]:
+    """What the self-check measured and decided (info["sr"]["self_check"], see SELF_CHECK_KEYS): on a held-out
+    scale when config.self_check_probe_steps > 0, else on the training data (the reference's test)."""
+    if probe_steps(config):
+        figures = scale_held_out_check(lr_image, sf, degradation, config, seed, hooks)
+        info = {"data": "held_out", "net_mse": figures.net_mse, "cubic_mse": figures.cubic_mse,
+                "gain_db": round(figures.gain_db, 3), "weight": round(figures.weight, 4),
+                "probe_steps": config.self_check_probe_steps, "blend": figures.blend}
+    else:
+        net_error = test.error(run.net)
+        blend = self_check_blend(test.rebuild(run.net), test.son_up, test.target) if config.self_check else 1.0
+        info = {"data": "training", "net_mse": net_error, "cubic_mse": test.cubic_error, "blend": blend}
+    info["decision"] = "net" if info["blend"] >= 1.0 else "cubic" if info["blend"] <= 0.0 else "blend"
+    return info
 
 
 def self_check_blend(net_rebuild: torch.Tensor, cubic_rebuild: torch.Tensor, target: torch.Tensor) -> float:
@@ -297,6 +343,6 @@ def summary_info(stage_infos: list[dict[str, Any]], train_steps: int, stages: li
     fallbacks = [info["fallback"] for info in stage_infos if info["fallback"]]
     return {"train_steps": train_steps, "seed": seed, "stages": [list(s) for s in stages],
             "fallback": fallbacks[-1] if fallbacks else None,
-            "self_check": {"net_mse": last["net_mse"], "cubic_mse": last["cubic_mse"], "blend": last["blend"]},
+            "self_check": {key: last[key] for key in SELF_CHECK_KEYS if key in last},
             "learning_rate": last["learning_rate"], "learning_rate_changes": last["learning_rate_changes"],
             "stage_details": stage_infos}

@@ -12,7 +12,8 @@ import sr
 # channels_last and bfloat16 off: with crops this small, oneDNN's per-shape set-up costs more than the steps.
 TINY = {"max_iters": 20, "min_iters": 20, "crop_size": 16, "width": 8, "depth": 3, "run_test_every": 5,
         "back_projection_iters": [1], "output_flip": False, "channels_last": False, "precision": "float32",
-        "batch_size": 1, "test_crop": 0, "augment_pool_size": 16, "inference_memory_mb": 16}
+        "batch_size": 1, "test_crop": 0, "augment_pool_size": 16, "inference_memory_mb": 16,
+        "self_check_probe_steps": 10, "self_check_probe_crop": 16}
 
 
 @pytest.fixture(autouse=True, scope="session")

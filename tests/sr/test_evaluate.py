@@ -81,9 +81,12 @@ def test_a_bicubic_row_scores_the_upscale_against_the_cropped_original():
     assert 15 < row.psnr < 60 and row.wall_seconds >= 0 and row.cpu_seconds >= 0
 
 
-def _row(image, method, value, seconds=1.0, fallback=None):
+def _row(image, method, value, seconds=1.0, fallback=None, blend=None):
+    info = {"fallback": fallback} if fallback else {}
+    if blend is not None:
+        info["self_check"] = {"data": "held_out", "blend": blend}
     return EvalRow(image=image, method=method, hr_size=(64, 64), lr_size=(32, 32), psnr=value, ssim=value / 100,
-                   wall_seconds=seconds, cpu_seconds=2 * seconds, info={"fallback": fallback} if fallback else {})
+                   wall_seconds=seconds, cpu_seconds=2 * seconds, info=info)
 
 
 def test_summaries_give_the_mean_and_the_least_gain_over_bicubic_on_the_same_images():
@@ -96,13 +99,13 @@ def test_summaries_give_the_mean_and_the_least_gain_over_bicubic_on_the_same_ima
     assert fast.mean_wall_seconds == 15 and fast.mean_cpu_seconds == 30
 
 
-def test_the_table_has_a_line_per_image_the_gain_a_fallback_mark_and_the_means():
+def test_the_table_has_a_line_per_image_the_gain_a_fallback_mark_the_blend_and_the_means():
     rows = [_row("a", "bicubic", 30.0), _row("a", "fast", 32.0, 10), _row("b", "bicubic", 20.0),
-            _row("b", "fast", 19.5, 20, fallback="the net did not beat cubic")]
+            _row("b", "fast", 19.5, 20, fallback="blend 0.40", blend=0.4)]
     lines = format_table(rows).splitlines()
     assert len(lines) == 2 + 2 + 1
-    assert lines[2].startswith("| a | 32x32 -> 64x64 | 30.00 / 0.3000 | 32.00 / 0.3200 | +2.00 | 10.0 / 20.0 |")
-    assert "| -0.50 * |" in lines[3]
+    assert lines[2].startswith("| a | 32x32 -> 64x64 | 30.00 / 0.3000 | 32.00 / 0.3200 | +2.00 | - | 10.0 / 20.0 |")
+    assert "| -0.50 * | 0.40 |" in lines[3]
     assert lines[4].startswith("| **mean** | 2 images | 25.00 / 0.2500 | 25.75 / 0.2575 | +0.75 (min -0.50) |")
 
 
