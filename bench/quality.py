@@ -1,4 +1,4 @@
-"""Quality and speed of `sr` against bicubic, under the evaluation protocol of SPEC-zssr.md.
+"""Quality and speed of `sr` against bicubic, under the evaluation protocol of docs/algorithm.md.
 
 Each photo is cropped to a multiple of the scale and downscaled with Pillow's antialiased bicubic; the result is
 upscaled back by bicubic and by ZSSR with each preset asked for, and scored on the Y channel (BT.601), `scale`

@@ -1,6 +1,6 @@
 """ZSSRConfig: the reference defaults (Shocher et al., configs.py) and the presets built on them.
 
-`paper` is the reference as it runs (SPEC-zssr.md); `balanced` and `fast` trade steps, width and ensemble passes
+`paper` is the reference as it runs (docs/algorithm.md); `balanced` and `fast` trade steps, width and ensemble passes
 for time on a CPU. `config_for(preset, overrides)` applies a JSON-like dict of field overrides and rejects unknown
 fields and wrong types with `InvalidInput`, naming the field.
 """
@@ -62,7 +62,7 @@ class ZSSRConfig:
     inference_memory_mb: int = 512  # memory budget of one inference tile (the net's activations)
     threads: int = 0  # torch.set_num_threads for the call (0 = leave torch's setting)
     # On a CUDA device, a fresh stage's training step is captured once as a CUDA graph and replayed (sr/cuda_step.py):
-    # the step is launch-bound there (an H200 ran the paper step 3.2x faster so). No effect on the CPU or a resume.
+    # the step is launch-bound there (bench/RESULTS.md, GPU). No effect on the CPU or a resume.
     cuda_graph: bool = True
     # Blind SR (sr/kernelgan.py, sr/degradations.py):
     # "pre": the reference net, run on the cubic pre-upsample; "post": the same width and depth run at the lr_son's
@@ -90,15 +90,15 @@ PAPER = ZSSRConfig(channels_last=True)  # the reference; channels_last changes n
 # 8-layer net starts some 1e-4 times smaller than its input and short runs can stall at the cubic baseline
 # (seen on scikit-image's coffee), while 1.0 trains from the first steps. Their self-check reads held-out data (a
 # probe on a held-out scale, sr/holdout.py) on small crops, so it adds a small share of the training's cost
-# (bench/RESULTS.md, issue 17); `paper` keeps the reference's test.
-# Well under 3 minutes per 512x512 output at x2 on a 2-core CPU (40-52 CPU-s with one thread): the reference's
-# 8x64 net on 96-pixel crops; +2.02 dB mean over bicubic on the five scikit-image photos (fast: +1.95).
+# (bench/RESULTS.md, quality); `paper` keeps the reference's test.
+# Minutes, not tens of minutes, per 512x512 output at x2 on a 2-core CPU: the reference's 8x64 net on 96-pixel
+# crops (its seconds and gain: bench/RESULTS.md, quality).
 BALANCED = ZSSRConfig(
     max_iters=1200, min_iters=160, learning_rate_policy_check_every=40, learning_rate_slope_range=160,
     run_test_every=20, crop_size=96, width=64, depth=8, init_variance=1.0, channels_last=True,
     precision="bfloat16", test_crop=160, ensemble_size=8, self_check_probe_steps=400, self_check_probe_crop=56,
 )
-# Under 30 s per 512x512 output at x2 on a 2-core CPU (about 15 s on a quiet one): an 8x48 net, 80-pixel crops.
+# Seconds per 512x512 output at x2 on a 2-core CPU (bench/RESULTS.md, quality): an 8x48 net, 80-pixel crops.
 FAST = ZSSRConfig(
     max_iters=700, min_iters=100, learning_rate_policy_check_every=30, learning_rate_slope_range=120,
     run_test_every=15, crop_size=80, width=48, depth=8, init_variance=1.0, channels_last=True,
