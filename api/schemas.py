@@ -120,6 +120,9 @@ class JobMetrics(BaseModel):
     run_seconds: float | None
     train_steps: int | None
     device: str | None
+    fallback: str | None = Field(None, description="ZSSR's self-check, measured on held-out data: 'blend W' (the "
+                                                  "output blended toward bicubic, W of the net kept) or 'cubic'; "
+                                                  "null when the net's output stands")
     packed_with: int | None = Field(None, description="jobs trained together with UPSCALER_PACK_JOBS > 1, this "
                                                       "one included; null when it ran alone")
 

@@ -74,6 +74,9 @@ def public_job(fields: dict[str, str], deliveries: list[str] | None = None) -> d
         "device": fields.get("device") or None,
         # UPSCALER_PACK_JOBS > 1: how many jobs trained together, this one included; null when it ran alone
         "packed_with": int(fields["packed_with"]) if fields.get("packed_with") else None,
+        # ZSSR's self-check (docs/algorithm.md): "blend 0.41" (the output blended toward bicubic, that much of the
+        # net kept) or "cubic"; null when the net's output stands
+        "fallback": fields.get("fallback") or None,
     }
     last_status = fields.get("webhook_last_status")
     return {

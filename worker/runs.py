@@ -290,7 +290,8 @@ def _release_cuda_memory() -> None:
 
 
 def sr_metrics(output: Image.Image) -> dict[str, str]:
-    """The job fields the core reports in the output's info["sr"]: train_steps, device, the blur kernel (JSON)."""
+    """The job fields the core reports in the output's info["sr"]: train_steps, device, the blur kernel (JSON), and
+    the self-check's decision: `fallback` ("blend 0.41" or "cubic"; absent when the net's output stands)."""
     info = getattr(output, "info", {}).get("sr") or {}
     found = {}
     if info.get("train_steps") is not None:
@@ -300,6 +301,8 @@ def sr_metrics(output: Image.Image) -> dict[str, str]:
     kernel = kernel_record(info)
     if kernel is not None:
         found["kernel"] = json.dumps(kernel)
+    if info.get("fallback"):
+        found["fallback"] = str(info["fallback"])
     return found
 
 

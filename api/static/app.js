@@ -574,10 +574,19 @@ async function showResult(job, run, baseline) {
   const region = job.params.crop ? ` (region ${job.params.crop.width}×${job.params.crop.height})` : '';
   ui.resultSummary.textContent = `${job.input.width}×${job.input.height}${region} → ` +
     `${job.output.width}×${job.output.height}, ${formatBytes(blob.size)}; ${seconds(job.metrics.run_seconds)}` +
-    `${steps}${device}.${beforeNote}`;
+    `${steps}${device}.${selfCheckNote(job.metrics.fallback)}${beforeNote}`;
   drawKernel(job.kernel);
   ui.resultCard.hidden = false;
   ui.download.focus();
+}
+
+// ZSSR's self-check (job.metrics.fallback): where the net did not beat bicubic on data it never trained on, the
+// result was blended toward bicubic ("blend 0.41": that much of the net kept) or is bicubic.
+function selfCheckNote(fallback) {
+  if (!fallback) return '';
+  if (fallback === 'cubic') return ' The self-check found the net no better than bicubic here: this is bicubic.';
+  const kept = Number(fallback.split(' ')[1]);
+  return ` Blended toward bicubic by the self-check (${Math.round(kept * 100)}% of the net kept).`;
 }
 
 // The estimated blur kernel (job.kernel, kernel=estimate) as a small grey image: one canvas pixel per kernel tap,

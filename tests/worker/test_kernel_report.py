@@ -62,3 +62,12 @@ def test_the_api_refuses_the_image_sizes_the_core_cannot_estimate_a_kernel_on():
 def test_the_job_says_which_estimator_made_its_kernel():
     fields = sr_metrics(_output(kernel=KERNEL, kernel_source="estimate", kernel_estimator="prior"))
     assert json.loads(fields["kernel"])["estimator"] == "prior"
+
+
+def test_the_self_checks_fallback_reaches_the_job():
+    fields = sr_metrics(_output(fallback="blend 0.41"))
+    assert fields["fallback"] == "blend 0.41"
+    record = {**new_job_fields(new_job_id(), "owner", params={}, input_info={}, output_info={}, queue="gpu",
+                               webhook_url=None, ttl=60, now=0.0), **fields}
+    assert public_job(record)["metrics"]["fallback"] == "blend 0.41"
+    assert "fallback" not in sr_metrics(_output(fallback=None))
