@@ -135,12 +135,18 @@ def test_each_transition_records_its_object_and_schedules_what_is_no_longer_need
     assert store.redis.zrange(TRASH_KEY, 0, -1) == [kept.encode()]
 
 
-def test_a_refused_submission_and_an_abandoned_put_are_deleted(job_store):
-    store = job_store
+def _fields_with_stored_input() -> tuple[str, dict[str, str]]:
+    """A new job's id and record, naming its input in the blob store (as the API records a job with one)."""
     job_id = new_job_id()
     fields = new_job_fields(job_id, "owner", params={}, input_info={}, output_info={}, queue="light", webhook_url=None,
                             ttl=600, now=time.time())
     fields["input_key"] = input_key(job_id)
+    return job_id, fields
+
+
+def test_a_refused_submission_and_an_abandoned_put_are_deleted(job_store):
+    store = job_store
+    job_id, fields = _fields_with_stored_input()
     _create(store)
     store._put(input_key(job_id), b"input", give_up=False)
     assert not store.create(fields, b"", max_active=1)  # too many jobs: refused, and its input due now
@@ -154,10 +160,7 @@ def test_a_refused_submission_and_an_abandoned_put_are_deleted(job_store):
 
 def test_a_put_the_sweeper_gave_up_is_never_recorded(job_store):
     store = job_store
-    job_id = new_job_id()
-    fields = new_job_fields(job_id, "owner", params={}, input_info={}, output_info={}, queue="light", webhook_url=None,
-                            ttl=600, now=time.time())
-    fields["input_key"] = input_key(job_id)
+    job_id, fields = _fields_with_stored_input()
     store._put(input_key(job_id), b"input", give_up=False)
     store.claim_orphans(time.time() + 1)  # as if the put had taken longer than the grace
     assert store.create(fields, b"") is False and store.fields(job_id) is None

@@ -92,6 +92,13 @@ class Cluster:
         self.clients.append(client)
         return client
 
+    def shut_down(self) -> None:
+        """Everything the cluster started: clients, workers, the store's connections, its Redis."""
+        self.close_clients()
+        self.stop_workers()
+        self.store.close()
+        self.redis_server.stop()
+
     def close_clients(self) -> None:
         for client in self.clients:
             client.__exit__(None, None, None)

@@ -10,10 +10,7 @@ from tests.reliability.cluster import Cluster, start_cluster
 def cluster(tmp_path_factory, storage_env) -> Cluster:
     stack = start_cluster(tmp_path_factory.mktemp("cluster"), storage_env)
     yield stack
-    stack.close_clients()
-    stack.stop_workers()
-    stack.store.close()
-    stack.redis_server.stop()
+    stack.shut_down()
 
 
 @pytest.fixture

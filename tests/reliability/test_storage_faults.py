@@ -34,10 +34,7 @@ def cluster(tmp_path_factory, s3) -> Cluster:
     """This module's cluster, on its own S3 server (overrides the conftest's, which follows TEST_STORAGE)."""
     stack = start_cluster(tmp_path_factory.mktemp("cluster"), s3.env("upscaler-faults"))
     yield stack
-    stack.close_clients()
-    stack.stop_workers()
-    stack.store.close()
-    stack.redis_server.stop()
+    stack.shut_down()
 
 
 @pytest.fixture
