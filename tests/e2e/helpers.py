@@ -18,11 +18,13 @@ from jobs.webhooks import verify
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-tests-webhook-key-0123456789").decode()
 # Small ZSSR budgets per preset: "fast" finishes in seconds on a CPU; "paper" trains long enough to be canceled.
+# kernel=estimate: "fast" runs KernelGAN (briefly), "balanced" the default estimator (the learnt prior at x2).
 # fast/balanced: 1000 steps on crops of 32, about 2 s of training in a warm worker, so polls and the demo page
 # (whose event stream reads the job every 0.2 s) see several progress points; shorter runs could end between two.
 TINY_ZSSR_OVERRIDES = json.dumps({
     "fast": {"max_iters": 1000, "min_iters": 1000, "crop_size": 32, "width": 16, "depth": 4, "run_test_every": 10,
-             "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10},
+             "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10,
+             "kernel_estimator": "kernelgan"},
     "balanced": {"max_iters": 1000, "min_iters": 1000, "crop_size": 32, "width": 16, "depth": 4, "run_test_every": 10,
                  "back_projection_iters": [2], "output_flip": False, "kernel_estimation_iters": 10},
     "paper": {"max_iters": 100000, "min_iters": 100000, "crop_size": 32, "width": 16, "depth": 4},

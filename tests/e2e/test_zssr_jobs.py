@@ -120,3 +120,13 @@ def test_a_kernel_estimate_job_reports_the_estimated_kernel_in_the_job(client):
     assert abs(sum(map(sum, kernel["values"])) - 1.0) < 1e-3 and min(map(min, kernel["values"])) >= -1e-6
     assert 1 / 16 <= kernel["factor"] <= 2 and kernel["shape"] and kernel["estimation_seconds"] > 0
     assert done["params"]["kernel"] == "estimate"
+    assert kernel["estimator"] == "kernelgan"
+
+
+def test_a_kernel_estimate_job_with_the_default_estimator_says_it_used_the_prior(client):
+    job = submit(client, photo_bytes(), method="zssr", preset="balanced", scale=2, kernel="estimate", seed=3)
+    done = wait_for(client, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    kernel = done["kernel"]
+    assert kernel["source"] == "estimated" and kernel["estimator"] == "prior" and kernel["estimation_seconds"] > 0
+    assert abs(sum(map(sum, kernel["values"])) - 1.0) < 1e-3 and kernel["factor"] is None  # no KernelGAN fit
