@@ -46,9 +46,9 @@ STORAGE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 def run_job(self, job_id: str) -> None:
     if shutting_down.is_set():
         # A stopping worker can still be handed a message, even the one its own hand-back just sent: it begins
-        # no run, and sends the job's message again for another worker (only while the job is still queued).
+        # no run, and sends the job's message again for another worker (resend does so only while it is queued).
         job = store.fields(job_id)
-        if job is not None and job.get("status") == "queued":
+        if job is not None:
             store.resend(job_id, run_job_message(job_id, job["queue"]))
         return
     token = secrets.token_hex(8)
