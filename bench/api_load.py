@@ -276,10 +276,13 @@ def main() -> int:
                         help="UPSCALER_CLIENT_TIMEOUT_SECONDS for the API (default: its default)")
     parser.add_argument("--storage", choices=("redis", "s3"), default="redis",
                         help="where images live: Redis (the default) or a private SeaweedFS started here (S3)")
+    parser.add_argument("--cold-bucket", action="store_true",
+                        help="with --storage s3: start on a bucket never written to (its first writes wait for "
+                             "SeaweedFS to grow volumes)")
     args = parser.parse_args()
 
     workdir, redis_server, port, env = private_stack("api-load-")
-    s3 = start_s3(workdir, env) if args.storage == "s3" else None
+    s3 = start_s3(workdir, env, warm=not args.cold_bucket) if args.storage == "s3" else None
     # Per-key limits stay on (their check is part of every request's cost) but set so that they never refuse
     # here: this measures throughput and latency, not 429s.
     env.update(UPSCALER_LOG_LEVEL="WARNING", UPSCALER_RATE_LIMIT_PER_SECOND="1000000",
@@ -362,6 +365,8 @@ def main() -> int:
             "cores": os.cpu_count(), "api_workers": args.api_workers, "worker_nice": worker_nice,
             "storage": args.storage,
         }
+        if s3 is not None:
+            report["s3_bucket"] = "cold (never written before the run)" if args.cold_bucket else "warm (one object written and deleted first)"
         if args.slow_clients:
             seconds = [s for s, _ in slow_closes]
             report.update(slow_clients=args.slow_clients, slow_closed=len(slow_closes),
@@ -388,11 +393,14 @@ def private_stack(prefix: str) -> tuple[Path, RedisServer, int, dict[str, str]]:
     return workdir, redis_server, free_port(), env
 
 
-def start_s3(workdir: Path, env: dict[str, str], bucket: str = "bench"):
-    """A private SeaweedFS in `workdir` (the dev extras' `weed`), and `env` pointed at a bucket on it."""
+def start_s3(workdir: Path, env: dict[str, str], bucket: str = "bench", warm: bool = True):
+    """A private SeaweedFS in `workdir` (the dev extras' `weed`), and `env` pointed at a bucket on it, written to once
+    unless `warm` is false (a new bucket's first write waits for SeaweedFS to grow its volumes, about a second)."""
     from tests.s3_server import SeaweedS3  # noqa: PLC0415 - only with --storage s3
 
     server = SeaweedS3(workdir / "s3").start()
+    if warm:
+        server.warm_bucket(bucket)
     env.update(server.env(bucket))
     return server
 

@@ -97,13 +97,24 @@ class SeaweedS3:
         with open(self.directory / log_name, "ab") as log:
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
-    def _wait_writable(self, timeout: float) -> None:
-        import boto3  # noqa: PLC0415 - a dev dependency; only the readiness probe uses it
+    def _client(self):
+        import boto3  # noqa: PLC0415 - a dev dependency; only the readiness probe and the warm-up use it
         from botocore.config import Config  # noqa: PLC0415
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                              aws_secret_access_key=SECRET_KEY, region_name=REGION,
-                              config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name=REGION,
+                            config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
+
+    def warm_bucket(self, bucket: str) -> None:
+        """Create `bucket` and write (then delete) one object in it. SeaweedFS grows new volumes for a bucket on its
+        first write, which holds that write for about a second: a benchmark of steady-state latency starts after it."""
+        client = self._client()
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="warm-up", Body=b"warm")
+        client.delete_object(Bucket=bucket, Key="warm-up")
+
+    def _wait_writable(self, timeout: float) -> None:
+        client = self._client()
         deadline = time.monotonic() + timeout
         probe_bucket = "weed-ready"
         while True:
