@@ -139,13 +139,13 @@ def make_batch(rng: np.random.Generator, photos: list[np.ndarray], leaves: list[
 ENTRY_WEIGHTS = torch.tensor([1.0, 2.0, 1.0])  # the off-diagonal entry counts twice in the Frobenius norm
 
 
-def train(sf: int, steps: int, batch: int, seed: int, learning_rate: float) -> tuple[kernelprior.KernelPriorNet,
-                                                                                     kernelprior.KernelPriorConfig]:
+def train(sf: int, steps: int, batch: int, seed: int, learning_rate: float,
+          config: kernelprior.KernelPriorConfig = kernelprior.KernelPriorConfig()
+          ) -> tuple[kernelprior.KernelPriorNet, kernelprior.KernelPriorConfig]:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     photos = load_training_images()
     leaves = [dead_leaves(rng, 256) for _ in range(12)]
-    config = kernelprior.KernelPriorConfig()
     net = kernelprior.KernelPriorNet(config)
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps,
@@ -168,15 +168,21 @@ def train(sf: int, steps: int, batch: int, seed: int, learning_rate: float) -> t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sf", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", type=int, default=kernelprior.KernelPriorConfig.channels)
+    parser.add_argument("--dilations", default=",".join(map(str, kernelprior.KernelPriorConfig.dilations)),
+                        help="one 3x3 layer per entry, with that dilation")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it)")
     parser.add_argument("--out", type=Path, help="default: sr/data/kernel_prior_x{sf}.pt in this checkout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(1)
-    net, config = train(args.sf, args.steps, args.batch, args.seed, args.lr)
+    torch.set_num_threads(args.threads)
+    config = kernelprior.KernelPriorConfig(channels=args.channels,
+                                           dilations=tuple(int(d) for d in args.dilations.split(",")))
+    net, config = train(args.sf, args.steps, args.batch, args.seed, args.lr, config)
     out = args.out or ROOT / "sr" / "data" / kernelprior.WEIGHTS_FILE.format(sf=args.sf)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": dataclasses.asdict(config), "sf": args.sf, "steps": args.steps, "seed": args.seed,

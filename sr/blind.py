@@ -136,8 +136,13 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
     if use_prior:
         covariance = kernelprior.estimate_covariance(color, scale)
         kernel = kernelprior.kernel_from_covariance(covariance, scale)
-        info: dict[str, Any] = {"kernel_estimator": "prior",
-                                "kernel_covariance": np.round(covariance, 4).tolist()}  # row, col; HR pixels
+        info: dict[str, Any] = {"kernel_estimator": "prior"}
+        if PRIOR_WIDTH_LIMIT:
+            fit = fit_kernel(color, kernel, scale, noise_floor=config.noise_std, other_shapes=False,
+                             max_log2_factor=0.0, residual_limit=PRIOR_WIDTH_LIMIT)
+            kernel, covariance = fit.kernel, covariance * fit.factor
+            info["kernel_factor"] = fit.factor
+        info["kernel_covariance"] = np.round(covariance, 4).tolist()  # row, col; HR pixels
         log.info("estimated kernel (kernel prior): covariance %s HR px^2", info["kernel_covariance"])
         check = held_out_check(color, scale, prior_held_out_measure)
         if check is not None:
@@ -150,6 +155,9 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
                                           should_stop=should_stop)
     info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
     return KernelEstimate(kernel, info)
+
+
+PRIOR_WIDTH_LIMIT = 1.0
 
 
 def kernelgan_estimate(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None,
@@ -309,12 +317,15 @@ def kernel_shapes(covariance: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return distinct
 
 
-def fit_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int, noise_floor: float = 0.0) -> KernelFit:
-    """The widest Gaussian among `kernel_shapes` x factors 1/16 .. 2 that explains the input (KERNEL_FIT_RESIDUAL).
+def fit_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int, noise_floor: float = 0.0, *,
+               other_shapes: bool = True, max_log2_factor: float = MAX_LOG2_FACTOR,
+               residual_limit: float = KERNEL_FIT_RESIDUAL) -> KernelFit:
+    """The widest Gaussian among `kernel_shapes` (only the estimate's own without `other_shapes`) x factors 1/16 ..
+    2^max_log2_factor that explains the input (`residual_limit` x the noise floor).
 
     Deterministic: no randomness, a fixed search. `color` [1,C,H,W] in [0,1]; `kernel` the estimate for `sf`."""
     lr_image = central_crop(color.detach().float().cpu(), CONSISTENCY_MAX_SIDE)
-    limit = KERNEL_FIT_RESIDUAL * max(QUANTISATION_RMS, noise_floor)
+    limit = residual_limit * max(QUANTISATION_RMS, noise_floor)
     min_side = kernel.shape[0]
 
     def candidate(shape: np.ndarray, log2_factor: float) -> np.ndarray:
@@ -324,13 +335,14 @@ def fit_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int, noise_floor: fl
         return consistency_residual(lr_image, candidate(shape, log2_factor), sf) <= limit
 
     best: tuple[float, str, np.ndarray] | None = None
-    for name, shape in kernel_shapes(kernelgan.kernel_covariance(kernel)):
+    shapes = kernel_shapes(kernelgan.kernel_covariance(kernel))
+    for name, shape in shapes if other_shapes else shapes[:1]:
         low = MIN_LOG2_FACTOR  # taken to pass: nearly a delta
         if best is not None:
             low = best[0] + FIT_RESOLUTION
-            if low > MAX_LOG2_FACTOR or not explains(shape, low):
+            if low > max_log2_factor or not explains(shape, low):
                 continue  # not wider than the best so far
-        high = MAX_LOG2_FACTOR
+        high = max_log2_factor
         if explains(shape, high):
             low = high
         else:
@@ -345,7 +357,7 @@ def fit_kernel(color: torch.Tensor, kernel: np.ndarray, sf: int, noise_floor: fl
     log2_factor, name, shape = best
     fit = KernelFit(candidate(shape, log2_factor), round(2.0 ** log2_factor, 4), name)
     log.info("estimated kernel: %s, covariance x %.3f, the widest that explains the input to %.2f x the noise floor",
-             fit.shape, fit.factor, KERNEL_FIT_RESIDUAL)
+             fit.shape, fit.factor, residual_limit)
     return fit
 
 

@@ -6,7 +6,7 @@ to a map of guesses of log(S) (the matrix logarithm: three free entries, so that
 covariance and errors count relative to the width) and a map of confidences; the image's guess is the
 confidence-weighted mean (softmax over positions). Fully convolutional: any input size, one pass.
 
-It is trained (`scripts/train_kernel_prior.py`, one command, a fixed seed, a few minutes on one CPU thread) on
+It is trained (`scripts/train_kernel_prior.py`, one command, a fixed seed, about 20 minutes on one CPU thread) on
 crops of scikit-image photos that no benchmark scores, and on synthetic dead-leaves images, each blurred by a
 random anisotropic Gaussian, subsampled the way sr/degradations.py does (every sf-th pixel from 0, the kernel's
 centre of mass at the aligned centre), rounded to 8 bits, and sometimes given a little noise. So it learns what
@@ -116,13 +116,9 @@ def available_scales() -> tuple[int, ...]:
 
 MIN_INPUT_SIDE = 24
 # The net's guess is a conditional mean (of log-covariance): where an image says little about the narrow axis, it
-# regresses toward the middle of the training range, so narrow axes come out too wide, most on photos it never
-# saw (bench/blind.py's design images: the narrow axis about twice too wide on three of four; its own training
-# photos: the same direction, smaller). A kernel too wide costs ZSSR far more than one too narrow (it inverts a
-# blur the image never had), so the guess's eigenvalues are scaled down: the narrow axis by NARROW_AXIS_FACTOR,
-# the wide one by WIDE_AXIS_FACTOR. Chosen on the design images only.
-NARROW_AXIS_FACTOR = 0.5
-WIDE_AXIS_FACTOR = 0.6
+# regresses toward the middle of the training range, and a soft photo it never saw reads as blur (chelsea's narrow
+# axis about 3x too wide). A kernel too wide costs ZSSR far more than one too narrow (it inverts a blur the image
+# never had), so sr/blind.py narrows the guess to the widest that still explains the input (`fit_kernel`).
 
 
 def estimate_covariance(color: torch.Tensor, sf: int) -> np.ndarray:
@@ -132,9 +128,7 @@ def estimate_covariance(color: torch.Tensor, sf: int) -> np.ndarray:
     net = load_prior(sf)
     with torch.no_grad():
         log_entries = net(standardise(luma(color.detach().float().cpu())))[0].double().numpy()
-    values, vectors = np.linalg.eigh(covariance_of(log_entries))  # ascending: narrow axis first
-    values = values * np.array([NARROW_AXIS_FACTOR, WIDE_AXIS_FACTOR])
-    return vectors @ np.diag(values) @ vectors.T
+    return covariance_of(log_entries)
 
 
 def kernel_from_covariance(covariance: np.ndarray, sf: int, min_side: int = 13) -> np.ndarray:

@@ -119,3 +119,23 @@ def test_the_held_out_check_keeps_bicubic_when_the_halves_disagree():
     check = blind.held_out_check(torn, 2, blind.prior_held_out_measure)
     assert check["kept"] == "bicubic" and check["bicubic"] < check["estimate"]
     assert blind.held_out_check(torn[..., :40, :40], 2, blind.prior_held_out_measure) is None  # too small to cut
+
+
+def test_a_prior_guess_too_wide_for_the_input_is_narrowed_and_none_is_widened(monkeypatch):
+    """The prior reads a soft scene as blur; the estimate is the widest scaling (<= 1) of its guess whose kernel can
+    still explain the input (blind.fit_kernel), so a guess far too wide comes back narrowed and a narrow one as it is."""
+    sharp = degraded(np.eye(2) * 0.4)
+    guesses = {"too wide": np.eye(2) * 6.0, "narrow": np.eye(2) * 0.05}
+    for name, guess in guesses.items():
+        monkeypatch.setattr(kernelprior, "estimate_covariance", lambda color, sf, guess=guess: guess)
+        estimate = blind.estimate_kernel(sharp, (2.0, 2.0), tiny(), seed=0, estimator="prior")
+        factor = estimate.info["kernel_factor"]
+        assert np.allclose(estimate.info["kernel_covariance"], guess * factor, atol=1e-3)
+        if name == "too wide":
+            assert factor < 0.25
+            limit = blind.PRIOR_WIDTH_LIMIT * blind.QUANTISATION_RMS
+            assert blind.consistency_residual(sharp, kernelgan.gaussian_kernel(guess, 2, min_side=13), 2) > limit
+            assert blind.consistency_residual(blind.central_crop(sharp, blind.CONSISTENCY_MAX_SIDE), estimate.kernel,
+                                              2) <= limit
+        else:
+            assert factor == 1.0
