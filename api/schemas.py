@@ -128,10 +128,10 @@ class JobMetrics(BaseModel):
 
 
 class JobKernel(BaseModel):
-    """The blur kernel the ZSSR run made its lr_sons with, when it was estimated (kernel=estimate, KernelGAN)."""
+    """The blur kernel the ZSSR run made its lr_sons with, when it was estimated (kernel=estimate)."""
     size: list[int] = Field(description="[rows, columns]")
     values: list[list[float]] = Field(description="the kernel's rows; the values sum to 1")
-    source: str = Field(description="estimated (KernelGAN on the image itself)")
+    source: str = Field(description="estimated (from the image itself)")
     factor: float | None = Field(None, description="the factor the estimate's covariance was scaled by: the widest "
                                                    "blur that explains the input (below 1 narrowed, above 1 widened)")
     shape: str | None = Field(None, description="the estimate's shape as used: estimate, turned 45/90/135, isotropic")

@@ -314,7 +314,7 @@ def kernel_record(info: dict[str, Any]) -> dict[str, Any] | None:
     """The blur kernel the lr_sons were made with, as the job shows it; None for sr's own cubic downscaling.
 
     {"size": [kh, kw], "values": [[...]] (rows, summing to 1), "source": "estimated", "factor": the factor sr
-    scaled the covariance of KernelGAN's estimate by to explain the input (1.0 = as estimated), "shape": the
+    scaled the covariance of the estimate by to explain the input (1.0 = as estimated), "shape": the
     estimate's shape as used ("estimate", "turned 90", "isotropic", ...), "estimation_seconds": ...}."""
     values = info.get("kernel")
     if not values:

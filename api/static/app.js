@@ -606,8 +606,10 @@ function drawKernel(kernel) {
     pixels.data.set([grey, grey, grey, 255], i * 4);
   });
   context.putImageData(pixels, 0, 0);
-  const source = kernel.source === 'estimated' ? 'estimated by KernelGAN' : kernel.source;
-  // factor: the core scaled KernelGAN's estimate to the widest blur that explains the photo (sr/blind.py)
+  const estimators = {prior: 'the learnt kernel prior', kernelgan: 'KernelGAN'};
+  const source = kernel.source === 'estimated'
+    ? `estimated by ${estimators[kernel.estimator] || 'the service'}` : kernel.source;
+  // factor: the core scaled the estimate to the widest blur that explains the photo (sr/blind.py)
   const fitted = kernel.factor != null && kernel.factor !== 1
     ? `, ${kernel.factor < 1 ? 'narrowed' : 'widened'} ×${kernel.factor} to fit the photo` : '';
   ui.kernelCaption.textContent = `Blur kernel ${source}${fitted}: ${rows}×${columns} pixels, enlarged (white = ` +

@@ -64,7 +64,7 @@ def test_the_shipped_prior_reads_width_and_orientation():
     assert np.linalg.det(guesses["narrow"]) < 0.5 * min(np.linalg.det(guesses["rows"]), np.linalg.det(guesses["cols"]))
 
 
-def test_estimate_uses_the_prior_at_x2_and_kernelgan_where_it_has_no_weights():
+def test_estimate_uses_the_prior_at_x2_and_x4_and_kernelgan_where_it_has_no_weights(monkeypatch):
     lr = degraded(np.diag([3.0, 1.0]))
     config = tiny(kernel_estimation_iters=4)
     by_prior = blind.estimate_kernel(lr, (2.0, 2.0), config, seed=0)
@@ -75,8 +75,10 @@ def test_estimate_uses_the_prior_at_x2_and_kernelgan_where_it_has_no_weights():
     small = lr[..., :44, :44]  # KernelGAN's width fit is the slow part: a small input keeps the test short
     by_gan = blind.estimate_kernel(small, (2.0, 2.0), config, seed=0, estimator="kernelgan")
     assert by_gan.info["kernel_estimator"] == "kernelgan" and "kernel_factor" in by_gan.info
-    if 4 not in kernelprior.available_scales():
-        assert blind.estimate_kernel(small, (4.0, 4.0), config, seed=0).info["kernel_estimator"] == "kernelgan"
+    assert kernelprior.available_scales() == (2, 4)
+    assert blind.estimate_kernel(lr, (4.0, 4.0), config, seed=0).info["kernel_estimator"] == "prior"
+    monkeypatch.setattr(kernelprior, "available_scales", lambda: (2,))
+    assert blind.estimate_kernel(small, (4.0, 4.0), config, seed=0).info["kernel_estimator"] == "kernelgan"
     with pytest.raises(sr.InvalidInput, match="estimator"):
         blind.estimate_kernel(lr, (2.0, 2.0), config, estimator="guess")
 
@@ -121,6 +123,18 @@ def test_the_held_out_check_keeps_bicubic_when_the_halves_disagree():
     assert blind.held_out_check(torn[..., :40, :40], 2, blind.prior_held_out_measure) is None  # too small to cut
 
 
+def test_when_the_check_keeps_bicubic_the_run_is_the_bicubic_assumption_itself():
+    """Not the bicubic kernel as an array, which is another degradation (wider at x4): sr's own cubic downscaling,
+    so that the result is the kernel="bicubic" result, pixel for pixel."""
+    torn = halves_image(np.diag([7.0, 7.0]), np.eye(2) * 0.3)
+    image = Image.fromarray((torn[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    estimated = sr.upscale(image, 2, config=tiny(), kernel="estimate", seed=0, device="cpu")
+    assumed = sr.upscale(image, 2, config=tiny(), kernel="bicubic", seed=0, device="cpu")
+    info = estimated.info["sr"]
+    assert info["kernel_check"]["kept"] == "bicubic" and "kernel" not in info
+    assert np.array_equal(np.asarray(estimated), np.asarray(assumed))
+
+
 def test_a_prior_guess_too_wide_for_the_input_is_narrowed_and_none_is_widened(monkeypatch):
     """The prior reads a soft scene as blur; the estimate is the widest scaling (<= 1) of its guess whose kernel can
     still explain the input (blind.fit_kernel), so a guess far too wide comes back narrowed and a narrow one as it is."""
@@ -130,6 +144,7 @@ def test_a_prior_guess_too_wide_for_the_input_is_narrowed_and_none_is_widened(mo
         monkeypatch.setattr(kernelprior, "estimate_covariance", lambda color, sf, guess=guess: guess)
         estimate = blind.estimate_kernel(sharp, (2.0, 2.0), tiny(), seed=0, estimator="prior")
         factor = estimate.info["kernel_factor"]
+        assert estimate.info["kernel_shape"] == "estimate"
         assert np.allclose(estimate.info["kernel_covariance"], guess * factor, atol=1e-3)
         if name == "too wide":
             assert factor < 0.25
