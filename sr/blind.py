@@ -4,9 +4,10 @@
 - kernel: "bicubic" (the reference's assumption), a 2-D array (an expert's kernel), or "estimate". The estimate
   (`estimate_kernel`; result.info["sr"]["kernel_estimator"] says which ran) comes from the learnt kernel prior
   (sr/kernelprior.py: a small CNN trained on synthetic blurs of photos no benchmark scores, an anisotropic Gaussian
-  read off the input in one pass) where its weights for the scale ship with the package, else from KernelGAN on the
-  image itself (sr/kernelgan.py, x2 or x4) fitted by an anisotropic Gaussian, then turned and scaled to the
-  widest blur that can explain the input (`fit_kernel`). The sons are then made by correlating with the kernel and
+  read off the input in one pass; x2 and x4 ship) narrowed to the widest scaling of itself that can explain the
+  input (`fit_kernel`), else from KernelGAN on the image itself (sr/kernelgan.py, x2 or x4) fitted by an
+  anisotropic Gaussian, then turned and scaled to the widest blur that can explain the input. A held-out check
+  can keep the bicubic assumption instead. The sons are then made by correlating with the kernel and
   subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
 - The sampling convention, for estimated and given kernels alike (the reference ZSSR's numeric kernels): the son
   is the father correlated with the kernel (an odd side k has its origin at index (k - 1) / 2), then every sf-th
