@@ -118,6 +118,12 @@ class KernelEstimate:
 
 
 
+# The prior's guess is narrowed (never widened) to the widest scaling of its own shape whose kernel explains the
+# input to this many times the noise floor: the KernelGAN fit's limit, KERNEL_FIT_RESIDUAL. Chosen on bench/blind.py's
+# design images (x2, 128 px: mean share of the gap 86% against 61% with fixed factors; bench/RESULTS.md, blind SR).
+PRIOR_WIDTH_LIMIT = 1.0
+
+
 def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None = None,
                     device: torch.device | None = None, progress: Callable[[Progress], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, estimator: str = "auto") -> KernelEstimate:
@@ -138,12 +144,10 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
     if use_prior:
         covariance = kernelprior.estimate_covariance(color, scale)
         kernel = kernelprior.kernel_from_covariance(covariance, scale)
-        info: dict[str, Any] = {"kernel_estimator": "prior"}
-        if PRIOR_WIDTH_LIMIT:
-            fit = fit_kernel(color, kernel, scale, noise_floor=config.noise_std, other_shapes=False,
-                             max_log2_factor=0.0, residual_limit=PRIOR_WIDTH_LIMIT)
-            kernel, covariance = fit.kernel, covariance * fit.factor
-            info.update(kernel_factor=fit.factor, kernel_shape=fit.shape)
+        fit = fit_kernel(color, kernel, scale, noise_floor=config.noise_std, other_shapes=False,
+                         max_log2_factor=0.0, residual_limit=PRIOR_WIDTH_LIMIT)
+        kernel, covariance = fit.kernel, covariance * fit.factor
+        info: dict[str, Any] = {"kernel_estimator": "prior", "kernel_factor": fit.factor, "kernel_shape": fit.shape}
         info["kernel_covariance"] = np.round(covariance, 4).tolist()  # row, col; HR pixels
         log.info("estimated kernel (kernel prior): covariance %s HR px^2", info["kernel_covariance"])
         check = held_out_check(color, scale, prior_held_out_measure)
@@ -160,9 +164,6 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
                                           should_stop=should_stop)
     info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
     return KernelEstimate(kernel, info)
-
-
-PRIOR_WIDTH_LIMIT = 1.0
 
 
 def kernelgan_estimate(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None,
