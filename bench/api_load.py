@@ -366,7 +366,8 @@ def main() -> int:
             "storage": args.storage,
         }
         if s3 is not None:
-            report["s3_bucket"] = "cold (never written before the run)" if args.cold_bucket else "warm (one object written and deleted first)"
+            report["s3_bucket"] = ("cold (never written before the run)" if args.cold_bucket
+                                   else "warm (one object written and deleted first)")
         if args.slow_clients:
             seconds = [s for s, _ in slow_closes]
             report.update(slow_clients=args.slow_clients, slow_closed=len(slow_closes),

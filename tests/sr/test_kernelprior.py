@@ -137,7 +137,7 @@ def test_when_the_check_keeps_bicubic_the_run_is_the_bicubic_assumption_itself()
 
 def test_a_prior_guess_too_wide_for_the_input_is_narrowed_and_none_is_widened(monkeypatch):
     """The prior reads a soft scene as blur; the estimate is the widest scaling (<= 1) of its guess whose kernel can
-    still explain the input (blind.fit_kernel), so a guess far too wide comes back narrowed and a narrow one as it is."""
+    still explain the input (blind.fit_kernel): a guess far too wide comes back narrowed, a narrow one as it is."""
     sharp = degraded(np.eye(2) * 0.4)
     guesses = {"too wide": np.eye(2) * 6.0, "narrow": np.eye(2) * 0.05}
     for name, guess in guesses.items():
