@@ -179,13 +179,19 @@ def kernel_error(case: KernelCase, estimated: np.ndarray, sf: int) -> tuple[floa
             round(rgb_psnr(by_bicubic, truth), 2))
 
 
+def kernel_or_bicubic(kernel: np.ndarray | None, sf: int) -> np.ndarray:
+    """The kernel an estimate used; None means the held-out check kept the bicubic assumption, for which the bicubic
+    kernel as an array stands in when its error is measured."""
+    return blind.bicubic_kernel(sf) if kernel is None else kernel
+
+
 def kernel_row(case: KernelCase, sf: int, config, seed: int, estimator: str = "auto") -> tuple[KernelRow, np.ndarray]:
     """The kernel="estimate" kernel alone (what sr.upscale would use, or the `estimator` forced), no ZSSR runs."""
     start = time.perf_counter()
     estimate = blind.estimate_kernel(case.lr, (sf, sf), config, seed=seed, device=torch.device("cpu"),
                                      estimator=estimator)
     seconds = time.perf_counter() - start
-    used = blind.bicubic_kernel(sf) if estimate.kernel is None else estimate.kernel  # None: bicubic kept
+    used = kernel_or_bicubic(estimate.kernel, sf)
     mse, lr_estimated, lr_bicubic = kernel_error(case, used, sf)
     row = KernelRow(image=case.name, sf=sf, iters=config.kernel_estimation_iters, seconds=round(seconds, 2),
                     kernel_mse=mse, lr_psnr_estimated=lr_estimated, lr_psnr_bicubic=lr_bicubic,
@@ -287,8 +293,7 @@ def blind_row(case: KernelCase, sf: int, crop: int, config, seed: int, cache: Ba
                                                    "bicubic" if estimate.kernel is None else estimate.kernel, seed)
         estimate_seconds += time.perf_counter() - started
         info = {**with_estimate.info["sr"], **estimate.info}
-    # no kernel: the held-out check kept the bicubic assumption (its kernel, as an array, stands for it here)
-    estimated = np.asarray(info["kernel"], dtype=np.float64) if "kernel" in info else blind.bicubic_kernel(sf)
+    estimated = kernel_or_bicubic(np.asarray(info["kernel"], dtype=np.float64) if "kernel" in info else None, sf)
     mse, lr_estimated, lr_bicubic = kernel_error(case, estimated, sf)
     kernel_result = KernelRow(image=case.name, sf=sf, iters=config.kernel_estimation_iters,
                               seconds=round(info["kernel_estimation_seconds"], 2), kernel_mse=mse,

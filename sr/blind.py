@@ -147,8 +147,8 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
         fit = fit_kernel(color, kernel, scale, noise_floor=config.noise_std, other_shapes=False,
                          max_log2_factor=0.0, residual_limit=PRIOR_WIDTH_LIMIT)
         kernel, covariance = fit.kernel, covariance * fit.factor
-        info: dict[str, Any] = {"kernel_estimator": "prior", "kernel_factor": fit.factor, "kernel_shape": fit.shape}
-        info["kernel_covariance"] = np.round(covariance, 4).tolist()  # row, col; HR pixels
+        info: dict[str, Any] = {"kernel_estimator": "prior", "kernel_factor": fit.factor, "kernel_shape": fit.shape,
+                                "kernel_covariance": np.round(covariance, 4).tolist()}  # row, col; HR pixels
         log.info("estimated kernel (kernel prior): covariance %s HR px^2", info["kernel_covariance"])
         check = held_out_check(color, scale, prior_held_out_measure)
         if check is not None:
