@@ -6,20 +6,28 @@
   python bench/api_load.py --idempotency twice    # ... and every submission sent twice: duplicate_jobs must be 0
   python bench/api_load.py --slow-clients 200     # and 200 connections that never finish their request
   python bench/api_load.py --storage s3           # images in a private SeaweedFS (tests/s3_server.py), not Redis
+  python bench/api_load.py --storage s3 --probe   # and the stores' own latency under the load, from a side process
+  python bench/api_load.py --storage s3 --s3-endpoint http://HOST:PORT --s3-bucket NAME
+                                                  # an S3 server elsewhere (AWS_* credentials from the environment)
 
 Phase 1 (load): each client submits a job, polls it back to back until it is finished, fetches the
 result, and takes the next job, until all jobs are done. Phase 2 (polls): every client polls finished
 jobs as fast as it can for a fixed time. Prints jobs lost (accepted with 202 but not succeeded, or with a
 result of the wrong size), submit latency p50/p99, polls per second in both phases, and the CPU seconds
 each process used, since the machine is shared. The HTTP client is a small keep-alive client on asyncio
-streams, so that the client's own overhead does not hide the server's.
+streams, so that the client's own overhead does not hide the server's. With --probe, a process of its own times a
+Redis PING and (with S3 storage) a put of an object the size of the input every 50 ms during the load phase (from
+about half a second after it starts): how long the stores themselves take to answer under this load, a floor
+under a submission's latency.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -207,6 +215,57 @@ async def slow_client(host: str, port: int, kind: str, cap: float, closes: list[
         writer.close()
 
 
+def store_probe(env: dict[str, str], payload: bytes, interval: float, stop, answer) -> None:
+    """Time a Redis PING and, with S3 storage, a put of `payload` every `interval` seconds until `stop` is set; send
+    {"redis_ping": [ms...], "s3_put": [ms...]} to `answer`. Runs in a process of its own, so that neither the bench
+    client's event loop nor its GIL is in the figures; the probe's objects are deleted at the end."""
+    import redis  # noqa: PLC0415
+
+    from jobs.blobs import open_blob_store  # noqa: PLC0415
+
+    os.environ.update(env)  # the AWS_* credentials obstore reads
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    blobs = open_blob_store(env.get("UPSCALER_STORAGE_URL"), s3_endpoint_url=env.get("UPSCALER_S3_ENDPOINT_URL"))
+    times: dict[str, list[float]] = {"redis_ping": [], "s3_put": []}
+    keys = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        client.ping()
+        times["redis_ping"].append((time.perf_counter() - started) * 1000)
+        if blobs is not None:
+            keys.append(f"probe/{len(keys)}")
+            started = time.perf_counter()
+            blobs.put(keys[-1], payload)
+            times["s3_put"].append((time.perf_counter() - started) * 1000)
+        stop.wait(interval)
+    if blobs is not None:
+        blobs.delete(keys)
+    answer.send(times)
+
+
+class StoreProbe:
+    """store_probe in a spawned process, for the duration of a `with` block."""
+
+    def __init__(self, env: dict[str, str], payload: bytes, interval: float = 0.05):
+        context = multiprocessing.get_context("spawn")
+        self.stop, (self.receiver, sender) = context.Event(), context.Pipe(duplex=False)
+        self.process = context.Process(target=store_probe, args=(env, payload, interval, self.stop, sender))
+        self.times: dict[str, list[float]] = {}
+
+    def __enter__(self) -> StoreProbe:
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.times = self.receiver.recv() if self.receiver.poll(30) else {}
+        self.process.join(timeout=10)
+
+    def report(self) -> dict[str, float]:
+        return {f"probe_{name}_ms_{label}": round(percentile(values, q), 2)
+                for name, values in self.times.items() if values for label, q in (("p50", 0.5), ("p99", 0.99))}
+
+
 def cpu_seconds(pids: list[int], *, descendants: bool = True) -> float:
     """User + system CPU seconds of these processes, and of their descendants unless told not to (from /proc)."""
     ticks, seen, frontier = 0, set(), list(pids)
@@ -276,13 +335,23 @@ def main() -> int:
                         help="UPSCALER_CLIENT_TIMEOUT_SECONDS for the API (default: its default)")
     parser.add_argument("--storage", choices=("redis", "s3"), default="redis",
                         help="where images live: Redis (the default) or a private SeaweedFS started here (S3)")
+    parser.add_argument("--probe", action="store_true",
+                        help="time a Redis PING and an S3 put (with --storage s3) every 50 ms during the load phase, "
+                             "from a process of its own")
+    parser.add_argument("--s3-endpoint", help="with --storage s3: this S3 server (e.g. on another host, with the "
+                                              "AWS_* credentials of the environment) instead of a private SeaweedFS")
+    parser.add_argument("--s3-bucket", default="bench", help="the bucket on --s3-endpoint (made if missing)")
     parser.add_argument("--cold-bucket", action="store_true",
                         help="with --storage s3: start on a bucket never written to (its first writes wait for "
                              "SeaweedFS to grow volumes)")
     args = parser.parse_args()
 
     workdir, redis_server, port, env = private_stack("api-load-")
-    s3 = start_s3(workdir, env, warm=not args.cold_bucket) if args.storage == "s3" else None
+    s3 = None
+    if args.storage == "s3" and args.s3_endpoint:
+        env.update(UPSCALER_STORAGE_URL=f"s3://{args.s3_bucket}", UPSCALER_S3_ENDPOINT_URL=args.s3_endpoint)
+    elif args.storage == "s3":
+        s3 = start_s3(workdir, env, warm=not args.cold_bucket)
     # Per-key limits stay on (their check is part of every request's cost) but set so that they never refuse
     # here: this measures throughput and latency, not 429s.
     env.update(UPSCALER_LOG_LEVEL="WARNING", UPSCALER_RATE_LIMIT_PER_SECOND="1000000",
@@ -337,7 +406,9 @@ def main() -> int:
 
         cpu_before = usage()
         load_before = os.getloadavg()[0]
-        load_wall = run(run_load())
+        probe = StoreProbe(env, small_png(args.size, args.size)) if args.probe else contextlib.nullcontext()
+        with probe:
+            load_wall = run(run_load())
         cpu_after_load = usage()
         cpu_load = {name: cpu_after_load[name] - cpu_before[name] for name in cpu_before}
         poll_wall = run(run_polls())
@@ -345,7 +416,8 @@ def main() -> int:
         cpu_polls = {name: cpu_after_polls[name] - cpu_after_load[name] for name in cpu_before}
         lost = len(load.accepted) - len(load.succeeded)
         report = {
-            "clients": args.clients, "jobs": args.jobs, "poll_interval_s": args.poll_interval, "image": f"{args.size}x{args.size} PNG, bicubic x2",
+            "clients": args.clients, "jobs": args.jobs, "poll_interval_s": args.poll_interval,
+            "image": f"{args.size}x{args.size} PNG, bicubic x2",
             "accepted": len(load.accepted), "succeeded_with_right_result": len(load.succeeded), "jobs_lost": lost,
             "wrong_results": len(load.wrong), "load_phase_seconds": round(load_wall, 2),
             "idempotency": args.idempotency or "none", "duplicate_jobs": load.duplicate_jobs,
@@ -365,7 +437,11 @@ def main() -> int:
             "cores": os.cpu_count(), "api_workers": args.api_workers, "worker_nice": worker_nice,
             "storage": args.storage,
         }
-        if s3 is not None:
+        if args.probe:
+            report.update(probe.report())
+        if args.s3_endpoint:
+            report["s3_endpoint"] = args.s3_endpoint
+        elif s3 is not None:
             report["s3_bucket"] = ("cold (never written before the run)" if args.cold_bucket
                                    else "warm (one object written and deleted first)")
         if args.slow_clients:
