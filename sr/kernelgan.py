@@ -353,12 +353,21 @@ def kernel_covariance(kernel: np.ndarray) -> np.ndarray:
                      [np.sum(kernel * rows * cols), np.sum(kernel * cols * cols)]]) / total
 
 
+# The widest grid a Gaussian is drawn on: sr.resize.degradation_for takes kernels of at most 64x64. A covariance
+# wider than it fits (a standard deviation over about 8.5 px) is cut at the grid's edge; the width fit can try such
+# factors of a wild estimate (KernelGAN after a few iterations), and must get a kernel it can use, not an error.
+MAX_KERNEL_SIDE = 63
+
+
 def gaussian_kernel(covariance: np.ndarray, sf: int, min_side: int = 1) -> np.ndarray:
     """The anisotropic Gaussian of `covariance`, drawn at the aligned centre for `sf` (no resampling blur), on an
-    odd grid of at least +-3.5 standard deviations along its widest axis and at least `min_side`."""
+    odd grid of at least +-3.5 standard deviations along its widest axis and at least `min_side`, at most
+    MAX_KERNEL_SIDE."""
     covariance = covariance + np.eye(2) * 1e-3  # a delta-like kernel stays invertible
     radius = int(math.ceil(3.5 * math.sqrt(float(np.linalg.eigvalsh(covariance)[-1]))))
-    side = max(min_side, 2 * radius + 3)
+    # center_kernel pads the grid by its shift + 1 on each side: up to (sf - 1) / 2 for a Gaussian cut by its grid
+    widest = MAX_KERNEL_SIDE - 2 * (math.ceil((sf - 1) / 2) + 1)
+    side = min(max(min_side, 2 * radius + 3), widest)
     side += 1 - side % 2
     offsets = np.arange(side) - ((side - 1) / 2 + (sf - 1) / 2)
     rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
