@@ -7,7 +7,7 @@
   read off the input in one pass; x2 and x4 ship) narrowed to the widest scaling of itself that can explain the
   input (`fit_kernel`), else from KernelGAN on the image itself (sr/kernelgan.py, x2 or x4) fitted by an
   anisotropic Gaussian, then turned and scaled to the widest blur that can explain the input. A held-out check
-  can keep the bicubic assumption instead. The sons are then made by correlating with the kernel and
+  can keep the bicubic assumption instead, and so does an input too noisy for an estimate (ESTIMATE_NOISE_LIMIT). The sons are then made by correlating with the kernel and
   subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
 - The sampling convention, for estimated and given kernels alike (the reference ZSSR's numeric kernels): the son
   is the father correlated with the kernel (an odd side k has its origin at index (k - 1) / 2), then every sf-th
@@ -111,11 +111,22 @@ def son_jpeg_quality(image: Image.Image, config: ZSSRConfig) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class KernelEstimate:
-    # centred for sf (sr.degradations' convention), sums to 1; None: the held-out check kept the bicubic assumption
+    # centred for sf (sr.degradations' convention), sums to 1; None: the held-out check (or the noise check) kept the
+    # bicubic assumption
     kernel: np.ndarray | None
     info: dict[str, Any]  # kernel_estimator ("prior" or "kernelgan"), kernel_estimation_seconds, and its details
 
 
+
+
+# Above this much noise in the input (estimate_noise_std, per scale; 8-bit levels / 255) kernel="estimate" keeps the
+# bicubic assumption without estimating: ZSSR trained on sons blurred by a kernel wider than bicubic learns to
+# sharpen, and sharpens the noise with it. Measured at x2 on bench/blind.py's design images with noise added and
+# denoise="auto": 2 levels cost chelsea 4.67 dB against the bicubic assumption (the other three gained 0.35-1.43),
+# 3 levels cost chelsea 4.82 and astronaut and camera 0.3, 4 levels 1.4-5.9 dB on all four; the clean design inputs
+# measure 0.25-1.24 levels (bench/RESULTS.md, blind SR, noisy inputs). x4 has no limit: not measured there, and its
+# clean inputs already measure up to 14 levels (textures).
+ESTIMATE_NOISE_LIMIT = {2: 2.0 / 255}
 
 
 # The prior's guess is narrowed (never widened) to the widest scaling of its own shape whose kernel explains the
@@ -141,6 +152,13 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
     started = time.monotonic()
     use_prior = estimator == "prior" or (estimator == "auto" and scale in kernelprior.available_scales()
                                          and min(color.shape[-2:]) >= kernelprior.MIN_INPUT_SIDE)
+    noise_check = too_noisy_to_estimate(color, scale)
+    if noise_check is not None:
+        log.info("%.1f levels of noise in the input, over the limit of %.1f: kept the bicubic assumption without "
+                 "estimating", noise_check["noise"], noise_check["limit"])
+        return KernelEstimate(None, {"kernel_estimator": "prior" if use_prior else "kernelgan",
+                                     "kernel_check": noise_check,
+                                     "kernel_estimation_seconds": round(time.monotonic() - started, 3)})
     if use_prior:
         covariance = kernelprior.estimate_covariance(color, scale)
         kernel = kernelprior.kernel_from_covariance(covariance, scale)
@@ -164,6 +182,19 @@ def estimate_kernel(color: torch.Tensor, sf: tuple[float, float], config: ZSSRCo
                                           should_stop=should_stop)
     info["kernel_estimation_seconds"] = round(time.monotonic() - started, 3)
     return KernelEstimate(kernel, info)
+
+
+def too_noisy_to_estimate(color: torch.Tensor, scale: int) -> dict[str, Any] | None:
+    """The noise check's record ({"measure", "noise", "limit" in 8-bit levels, "kept": "bicubic"}) when the input is
+    noisier than ESTIMATE_NOISE_LIMIT allows at this scale; None when an estimate may be tried."""
+    limit = ESTIMATE_NOISE_LIMIT.get(scale)
+    if limit is None:
+        return None
+    noise = estimate_noise_std(color)
+    if noise <= limit:
+        return None
+    return {"measure": "noise in the input, 8-bit levels", "noise": round(noise * 255, 2),
+            "limit": round(limit * 255, 2), "kept": "bicubic"}
 
 
 def kernelgan_estimate(color: torch.Tensor, sf: tuple[float, float], config: ZSSRConfig, *, seed: int | None,

@@ -116,10 +116,41 @@ def test_with_denoise_auto_the_kernel_fit_allows_for_the_estimated_noise(monkeyp
     monkeypatch.setattr(sr.blind, "fit_kernel", lambda *args, **kwargs: floors.append(kwargs["noise_floor"])
                         or fit(*args, **kwargs))
     rng = np.random.default_rng(1)
-    noisy = np.clip(textured(64) + rng.normal(0, 0.04 * 255, (64, 64, 3)), 0, 255).round().astype(np.uint8)
+    # 1.5 levels: under the noise limit of an estimate at x2 (sr.blind.ESTIMATE_NOISE_LIMIT)
+    noisy = np.clip(textured(64) + rng.normal(0, 1.5, (64, 64, 3)), 0, 255).round().astype(np.uint8)
     result = sr.upscale(Image.fromarray(noisy), 2, config=sr.config_for("fast", TINY), kernel="estimate",
                         denoise="auto", seed=0, device="cpu")
-    assert result.info["sr"]["noise_std"] > 0.02 and floors == [result.info["sr"]["noise_std"]]
+    assert result.info["sr"]["noise_std"] > 1.0 / 255 and floors == [result.info["sr"]["noise_std"]]
+
+
+@pytest.mark.parametrize("denoise", ["off", "auto"])
+def test_an_input_too_noisy_for_an_estimate_keeps_the_bicubic_assumption(monkeypatch, denoise):
+    """ZSSR with a kernel wider than bicubic sharpens an input's noise with its detail; at x2 an input noisier than
+    the limit gets the kernel="bicubic" run, pixel for pixel, and nothing is estimated."""
+    rng = np.random.default_rng(2)
+    noisy = Image.fromarray(np.clip(textured(64) + rng.normal(0, 5.0, (64, 64, 3)), 0, 255).round().astype(np.uint8))
+    config = sr.config_for("fast", TINY)
+    assumed = sr.upscale(noisy, 2, config=config, kernel="bicubic", denoise=denoise, seed=0, device="cpu")
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("a kernel was estimated for a noisy input")
+
+    monkeypatch.setattr(sr.kernelprior, "estimate_covariance", no_estimate)
+    monkeypatch.setattr(sr.blind, "estimate_for_scale", no_estimate)
+    estimated = sr.upscale(noisy, 2, config=config, kernel="estimate", denoise=denoise, seed=0, device="cpu")
+    check = estimated.info["sr"]["kernel_check"]
+    assert check["kept"] == "bicubic" and check["noise"] > check["limit"] == 2.0
+    assert "kernel" not in estimated.info["sr"]
+    assert np.array_equal(np.asarray(estimated), np.asarray(assumed))
+
+
+def test_the_noise_limit_leaves_a_clean_input_and_x4_to_the_estimate():
+    rng = np.random.default_rng(3)
+    clean = torch.from_numpy(textured(64)).permute(2, 0, 1)[None].float() / 255
+    noisy = (clean + torch.from_numpy(rng.normal(0, 5.0 / 255, clean.shape)).float()).clamp(0, 1)
+    assert sr.blind.too_noisy_to_estimate(clean, 2) is None
+    assert sr.blind.too_noisy_to_estimate(noisy, 2)["kept"] == "bicubic"
+    assert sr.blind.too_noisy_to_estimate(noisy, 4) is None  # not measured at x4: no limit there
 
 
 def test_kernel_sons_follow_the_degradations_convention():
@@ -243,3 +274,19 @@ def test_the_kernel_fit_turns_an_estimate_lying_across_the_true_kernel():
     fitted = kernelgan.kernel_covariance(fit.kernel)
     assert fitted[1, 1] > 2 * fitted[0, 0]
     assert np.linalg.norm(fitted - true_covariance) < 0.5 * np.linalg.norm(np.diag([2.0, 0.4]) - true_covariance)
+
+
+@pytest.mark.parametrize("sf", [2, 4])
+def test_a_wild_estimate_gets_a_kernel_the_core_can_use_not_an_error(sf):
+    """KernelGAN after a few iterations can guess a blur of tens of pixels, and the width fit tries twice that: every
+    Gaussian it draws fits sr.resize's 64x64 limit (a job once failed with 'at most 64x64' on kernel=estimate)."""
+    from sr import blind, kernelgan
+    from sr.resize import degradation_for
+    for covariance in (np.eye(2) * 400.0, np.array([[900.0, 300.0], [300.0, 200.0]])):
+        kernel = kernelgan.gaussian_kernel(covariance, sf)
+        assert kernel.shape[0] <= kernelgan.MAX_KERNEL_SIDE and kernel.sum() == pytest.approx(1.0)
+        degradation_for(kernel)
+    lr = (degradations.degrade_with_kernel(blocky(96, seed=5), kernelgan.gaussian_kernel(np.eye(2), sf), sf)
+          .clamp(0, 1) * 255).round() / 255
+    fit = blind.fit_kernel(lr, kernelgan.gaussian_kernel(np.eye(2) * 30.0, sf), sf)
+    assert fit.kernel.shape[0] <= kernelgan.MAX_KERNEL_SIDE
