@@ -12,7 +12,12 @@
 
 Images: the scikit-image photos astronaut, chelsea, coffee, camera (the DESIGN images, TUNED_ON: the estimators
 were designed looking at them), ihc, grass, gravel (grayscale textures) and the Set14 files baboon, zebra, lenna,
-pepper, barbara, man (HELD_OUT, with ihc, grass and gravel), centre-cropped to --crop (high resolution).
+pepper, barbara, man, face and monarch (HELD_OUT, with ihc, grass and gravel; face and monarch are the smooth
+ones), centre-cropped to --crop (high resolution). A name ending in "+noiseS" (lenna+noise5) is that image with
+Gaussian noise of standard deviation S (8-bit levels) added to its low-resolution input before the rounding, as
+a camera's sensor adds it; the kernel is the clean image's, the noise seeded by the whole name. HELD_OUT holds
+three: lenna+noise5, man+noise5 (grayscale) and face+noise5. The kernel set alone uses the noise; the other
+parts skip those names.
 
 1. Kernel set (x2; --sf 4 for x4): each crop is blurred by its own anisotropic Gaussian (both standard
    deviations uniform in 0.7 .. 2.8 HR pixels, any angle, at least 13x13; seeded per image, so every run sees the
@@ -72,7 +77,9 @@ JPEG_QUALITIES = (50, 60, 70, 80, 90)
 # prior's training images are none of these, sr/kernelprior.py): their kernel-set figures are not a fair test of
 # kernel="estimate". Every other image is held out; the table marks these and summarises both groups.
 TUNED_ON = ("astronaut", "chelsea", "coffee", "camera")
-HELD_OUT = ("ihc", "baboon", "zebra", "lenna", "pepper", "barbara", "man", "grass", "gravel")
+HELD_OUT = ("ihc", "baboon", "zebra", "lenna", "pepper", "barbara", "man", "grass", "gravel", "face", "monarch",
+            "lenna+noise5", "man+noise5", "face+noise5")
+NOISE_MARK = "+noise"  # NAME+noiseS: NAME with sensor-like noise of S 8-bit levels in its input (kernel set only)
 # The kernel set's kernels: anisotropic Gaussians, both standard deviations uniform in this range (HR pixels; the
 # range of DIV2KRK's x2 kernels), any angle, on a grid of at least KERNEL_MIN_SIDE a side.
 KERNEL_MIN_STD, KERNEL_MAX_STD = 0.7, 2.8
@@ -100,6 +107,18 @@ def load_photo(name: str, crop: int, set14: Path | None) -> np.ndarray:
     side_h, side_w = min(crop, height), min(crop, width)
     top, left = (height - side_h) // 2, (width - side_w) // 2
     return np.ascontiguousarray(array[top:top + side_h, left:left + side_w])
+
+
+def split_noise(name: str) -> tuple[str, float]:
+    """"lenna+noise5" -> ("lenna", 5.0); a name without the mark -> (name, 0.0)."""
+    image, mark, sigma = name.partition(NOISE_MARK)
+    if not mark:
+        return name, 0.0
+    try:
+        return image, float(sigma)
+    except ValueError:
+        raise SystemExit(f"{name!r}: write the noise as {image}{NOISE_MARK}S, S its standard deviation in 8-bit "
+                         "levels") from None
 
 
 def image_seed(name: str, base_seed: int) -> int:
@@ -136,11 +155,16 @@ def bench_kernel(name: str, sf: int, base_seed: int, phase: str = "aligned") -> 
 
 def make_kernel_case(name: str, crop: int, sf: int, base_seed: int, set14: Path | None,
                      phase: str = "aligned") -> KernelCase:
-    array = load_photo(name, crop, set14)
+    image, noise_sigma = split_noise(name)
+    array = load_photo(image, crop, set14)
     height, width = array.shape[0] // sf * sf, array.shape[1] // sf * sf
     hr = to_tensor(array[:height, :width])
-    kernel = bench_kernel(name, sf, base_seed, phase)
-    lr = (degradations.degrade_with_kernel(hr, kernel, sf).clamp(0, 1) * 255.0).round() / 255.0
+    kernel = bench_kernel(image, sf, base_seed, phase)
+    lr = degradations.degrade_with_kernel(hr, kernel, sf)
+    if noise_sigma:
+        generator = torch.Generator().manual_seed(image_seed(name, base_seed))
+        lr = lr + torch.randn(lr.shape, generator=generator, dtype=lr.dtype) * (noise_sigma / 255.0)
+    lr = (lr.clamp(0, 1) * 255.0).round() / 255.0
     return KernelCase(name=name, hr=hr, kernel=kernel, lr=lr, phase=phase)
 
 
@@ -217,6 +241,7 @@ class BlindRow:
     kernel: KernelRow
     crop: int = 0  # the HR crop side asked for (0: files before this field)
     phase: str = "aligned"
+    denoise: str = "off"  # sr.upscale's denoise, the same in all three ZSSR runs
 
     @property
     def share(self) -> float:
@@ -232,9 +257,9 @@ def score(output: Image.Image, hr: torch.Tensor, shave: int, seconds: float = 0.
                  round(seconds, 1))
 
 
-def run_zssr(lr: Image.Image, sf: int, config, kernel, seed: int) -> tuple[Image.Image, float]:
+def run_zssr(lr: Image.Image, sf: int, config, kernel, seed: int, denoise: str = "off") -> tuple[Image.Image, float]:
     start = time.perf_counter()
-    output = sr.upscale(lr, sf, config=config, kernel=kernel, seed=seed, device="cpu")
+    output = sr.upscale(lr, sf, config=config, kernel=kernel, seed=seed, device="cpu", denoise=denoise)
     return output, time.perf_counter() - start
 
 
@@ -266,16 +291,18 @@ class BaselineCache:
 
 
 def blind_row(case: KernelCase, sf: int, crop: int, config, seed: int, cache: BaselineCache,
-              baselines_only: bool = False, estimator: str = "auto") -> BlindRow | None:
+              baselines_only: bool = False, estimator: str = "auto", denoise: str = "off") -> BlindRow | None:
     """The four upscales of one case; the estimated kernel comes from sr.upscale(kernel="estimate") itself, as users
-    get it, and is read back from result.info."""
+    get it, and is read back from result.info. `denoise` goes to all three ZSSR runs."""
     lr = to_image(case.lr)
     size = (case.hr.shape[-1], case.hr.shape[-2])
     bicubic = score(lr.resize(size, Image.Resampling.BICUBIC), case.hr, sf)
     key = f"{case.name}|crop{crop}|x{sf}|{case.phase}|seed{seed}|{json.dumps(asdict(config), sort_keys=True)}"
+    if denoise != "off":  # the keys of the runs without it stay as they were
+        key += f"|denoise-{denoise}"
 
     def zssr_score(kernel) -> Score:
-        output, seconds = run_zssr(lr, sf, config, kernel, seed)
+        output, seconds = run_zssr(lr, sf, config, kernel, seed, denoise)
         return score(output, case.hr, sf, seconds)
 
     plain = cache.get(key + "|bicubic", lambda: zssr_score("bicubic"))
@@ -283,7 +310,7 @@ def blind_row(case: KernelCase, sf: int, crop: int, config, seed: int, cache: Ba
     if baselines_only:
         return None
     if estimator == "auto":  # what users get: sr.upscale(kernel="estimate")
-        with_estimate, estimate_seconds = run_zssr(lr, sf, config, "estimate", seed)
+        with_estimate, estimate_seconds = run_zssr(lr, sf, config, "estimate", seed, denoise)
         info = with_estimate.info["sr"]
     else:  # one estimator forced: its kernel handed to sr.upscale as an array
         started = time.perf_counter()
@@ -301,7 +328,7 @@ def blind_row(case: KernelCase, sf: int, crop: int, config, seed: int, cache: Ba
                               fit_factor=info.get("kernel_factor", 1.0), estimator=info["kernel_estimator"])
     return BlindRow(image=case.name, sf=sf, bicubic=bicubic, zssr_bicubic_kernel=plain,
                     zssr_estimated_kernel=score(with_estimate, case.hr, sf, estimate_seconds),
-                    zssr_true_kernel=with_truth, kernel=kernel_result, crop=crop, phase=case.phase)
+                    zssr_true_kernel=with_truth, kernel=kernel_result, crop=crop, phase=case.phase, denoise=denoise)
 
 
 def print_kernel_table(rows: list[KernelRow]) -> None:
@@ -322,7 +349,7 @@ def blind_row_from_dict(row: dict) -> BlindRow:
               ("bicubic", "zssr_bicubic_kernel", "zssr_estimated_kernel", "zssr_true_kernel")}
     kernel = {OLD_KERNEL_NAMES.get(name, name): value for name, value in row["kernel"].items()}
     return BlindRow(image=row["image"], sf=row["sf"], kernel=KernelRow(**kernel), crop=row.get("crop", 0),
-                    phase=row.get("phase", "aligned"), **scores)
+                    phase=row.get("phase", "aligned"), denoise=row.get("denoise", "off"), **scores)
 
 
 OLD_KERNEL_NAMES = {"shrink": "fit_factor", "true_kernel_shrink": "true_kernel_fit_factor"}  # files before d0e7dd3
@@ -338,19 +365,21 @@ def print_blind_table(rows: list[BlindRow], preset: str) -> None:
     for row in rows:
         tuned = " (design)" if row.image in TUNED_ON else ""
         phase = "" if row.phase == "aligned" else f" [{row.phase} phase]"
+        phase += "" if row.denoise == "off" else f" [denoise {row.denoise}]"
         print(f"| {row.image}{tuned}{phase} | x{row.sf} | {row.crop} | {row.bicubic.psnr:.2f} | "
               f"{row.zssr_bicubic_kernel.psnr:.2f} | {row.zssr_estimated_kernel.psnr:.2f} | "
               f"{row.zssr_true_kernel.psnr:.2f} | {100 * row.share:.0f}% | "
               f"{row.zssr_estimated_kernel.psnr - row.zssr_bicubic_kernel.psnr:+.2f} | {row.kernel.kernel_mse:.2e} | "
               f"{row.kernel.lr_psnr_estimated:.1f} / {row.kernel.lr_psnr_bicubic:.1f} | {row.kernel.estimator} | "
               f"{row.kernel.seconds:.1f} |")
-    for sf, crop in sorted({(row.sf, row.crop) for row in rows}):
-        group_rows = [row for row in rows if row.sf == sf and row.crop == crop and row.phase == "aligned"]
+    for sf, crop, denoise in sorted({(row.sf, row.crop, row.denoise) for row in rows}):
+        group_rows = [row for row in rows if (row.sf, row.crop, row.denoise) == (sf, crop, denoise)
+                      and row.phase == "aligned"]
         groups = {"all": group_rows, "design": [row for row in group_rows if row.image in TUNED_ON],
                   "held-out": [row for row in group_rows if row.image not in TUNED_ON]}
         for label, group in groups.items():
             if group:
-                print_blind_summary(group, sf, crop, label)
+                print_blind_summary(group, sf, crop, label + ("" if denoise == "off" else f", denoise {denoise}"))
 
 
 def print_blind_summary(group: list[BlindRow], sf: int, crop: int, label: str) -> None:
@@ -364,9 +393,10 @@ def print_blind_summary(group: list[BlindRow], sf: int, crop: int, label: str) -
     gain = mean["zssr_estimated_kernel"] - mean["zssr_bicubic_kernel"]
     bound = mean["zssr_true_kernel"] - mean["zssr_bicubic_kernel"]
     seconds = [row.kernel.seconds for row in group]
+    mean_share = f"{100 * gain / bound:.0f}%" if bound > 0 else "undefined: the true kernel's mean is not above"
     print(f"\nx{sf} crop {crop} {label} ({names}): ZSSR bicubic assumption {mean['zssr_bicubic_kernel']:.2f}, "
           f"estimate {mean['zssr_estimated_kernel']:.2f}, true kernel {mean['zssr_true_kernel']:.2f} dB; mean share "
-          f"of the gap {100 * np.mean(shares):.0f}% (share of the mean gap {100 * gain / max(bound, 1e-9):.0f}%); "
+          f"of the gap {100 * np.mean(shares):.0f}% (share of the mean gap {mean_share}); "
           f"worst share {worst_share.image} {100 * worst_share.share:.0f}%; worst against the bicubic assumption "
           f"{worst.image} {worst.zssr_estimated_kernel.psnr - worst.zssr_bicubic_kernel.psnr:+.2f} dB; estimation "
           f"{np.mean(seconds):.1f} s mean, {max(seconds):.1f} s max")
@@ -645,6 +675,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the true kernel is centred (bench_kernel): the convention, or another phase")
     parser.add_argument("--estimator", default="auto", choices=KERNEL_ESTIMATORS,
                         help="the estimator to run; auto = what sr.upscale(kernel='estimate') runs")
+    parser.add_argument("--denoise", default="off", choices=("off", "auto"),
+                        help="kernel set: sr.upscale's denoise in all three ZSSR runs (auto: the noise estimated; "
+                             "with --estimator auto only)")
     parser.add_argument("--preset", default="fast", choices=("fast", "balanced", "paper"))
     parser.add_argument("--config", type=Path, help="a JSON object of ZSSRConfig overrides")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "out" / "blind_baselines.json",
@@ -665,6 +698,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.denoise != "off" and args.estimator != "auto":
+        raise SystemExit("--denoise auto runs sr.upscale(kernel='estimate') as users do: use it with --estimator auto")
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     names = [name for name in args.images.split(",") if name]
@@ -693,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 case = make_kernel_case(name, args.crop, sf, args.seed, args.set14, args.phase)
                 row = blind_row(case, sf, args.crop, config, args.seed, cache, baselines_only="blind" not in parts,
-                                estimator=args.estimator)
+                                estimator=args.estimator, denoise=args.denoise)
                 if row is not None:
                     rows.append(row)
                     if args.json_out:  # row by row: a long run stopped half-way keeps what it measured
@@ -702,9 +737,10 @@ def main(argv: list[str] | None = None) -> int:
         report["blind"] = rows
     if "photos" in parts:
         report["photos"] = photo_rows(args, config)
+    clean_names = [name for name in names if not split_noise(name)[1]]  # the noise is the kernel set's alone
     if "jpeg" in parts:
         rows = []
-        for index, name in enumerate(names):
+        for index, name in enumerate(clean_names):
             rows.append(jpeg_row(name, args.crop, JPEG_QUALITIES[index % len(JPEG_QUALITIES)], config, args.seed,
                                  args.set14))
             print(f"# {rows[-1]}", file=sys.stderr, flush=True)
