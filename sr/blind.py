@@ -7,8 +7,9 @@
   read off the input in one pass; x2 and x4 ship) narrowed to the widest scaling of itself that can explain the
   input (`fit_kernel`), else from KernelGAN on the image itself (sr/kernelgan.py, x2 or x4) fitted by an
   anisotropic Gaussian, then turned and scaled to the widest blur that can explain the input. A held-out check
-  can keep the bicubic assumption instead, and so does an input too noisy for an estimate (ESTIMATE_NOISE_LIMIT). The sons are then made by correlating with the kernel and
-  subsampling; a non-symmetric kernel turns rotations and the self-ensemble off (the core does that).
+  can keep the bicubic assumption instead, and so does an input too noisy for an estimate (ESTIMATE_NOISE_LIMIT).
+  The sons are then made by correlating with the kernel and subsampling; a non-symmetric kernel turns rotations
+  and the self-ensemble off (the core does that).
 - The sampling convention, for estimated and given kernels alike (the reference ZSSR's numeric kernels): the son
   is the father correlated with the kernel (an odd side k has its origin at index (k - 1) / 2), then every sf-th
   pixel from (0, 0) is kept. An estimated kernel is centred for sf: its centre of mass sits at (k - 1) / 2 +

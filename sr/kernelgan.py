@@ -354,7 +354,7 @@ def kernel_covariance(kernel: np.ndarray) -> np.ndarray:
 
 
 # The widest grid a Gaussian is drawn on: sr.resize.degradation_for takes kernels of at most 64x64. A covariance
-# wider than it fits (a standard deviation over about 8.5 px) is cut at the grid's edge; the width fit can try such
+# wider than it fits (a standard deviation over about 8 px) is cut at the grid's edge; the width fit can try such
 # factors of a wild estimate (KernelGAN after a few iterations), and must get a kernel it can use, not an error.
 MAX_KERNEL_SIDE = 63
 
