@@ -41,6 +41,12 @@ def png_bytes(width: int = 40, height: int = 30, mode: str = "RGB") -> bytes:
     return buffer.getvalue()
 
 
+# A region of the same photo with about 1.7 levels of noise (sr.degradations.estimate_noise_std), under the limit
+# above which kernel="estimate" keeps the bicubic assumption without estimating (sr.blind, x2): the default
+# region's helmet and flag measure 4.0.
+QUIET_PHOTO_REGION = (350, 150, 414, 198)
+
+
 def photo_bytes(box: tuple[int, int, int, int] = (180, 60, 244, 108)) -> bytes:
     """A crop of a real photo (scikit-image's bundled astronaut), small enough for a tiny ZSSR run on the CPU."""
     crop = Image.fromarray(skimage.data.astronaut()).crop(box)

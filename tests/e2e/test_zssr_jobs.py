@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.e2e.helpers import photo_bytes, submit, wait_for
+from tests.e2e.helpers import QUIET_PHOTO_REGION, photo_bytes, submit, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,15 +107,9 @@ def test_a_worker_stopped_with_sigterm_hands_its_running_job_back(client, store,
             extra.wait()
 
 
-# A region of the astronaut photo with about 1.7 levels of noise (sr.degradations.estimate_noise_std): under the
-# limit above which kernel="estimate" keeps the bicubic assumption without estimating (sr.blind, x2). The default
-# region's helmet and flag measure 4.0.
-QUIET_REGION = (350, 150, 414, 198)
-
-
 def test_a_kernel_estimate_job_reports_the_estimated_kernel_in_the_job(client):
     # kernel_estimation_iters is 10 in the tiny overrides: KernelGAN runs for real, briefly, on the photo
-    job = submit(client, photo_bytes(QUIET_REGION), method="zssr", preset="fast", scale=2, kernel="estimate", seed=3)
+    job = submit(client, photo_bytes(QUIET_PHOTO_REGION), method="zssr", preset="fast", scale=2, kernel="estimate", seed=3)
     assert job["kernel"] is None
     done = wait_for(client, job["id"], timeout=120)
     assert done["status"] == "succeeded", done["error"]
@@ -130,7 +124,7 @@ def test_a_kernel_estimate_job_reports_the_estimated_kernel_in_the_job(client):
 
 
 def test_a_kernel_estimate_job_with_the_default_estimator_says_it_used_the_prior(client):
-    job = submit(client, photo_bytes(QUIET_REGION), method="zssr", preset="balanced", scale=2, kernel="estimate",
+    job = submit(client, photo_bytes(QUIET_PHOTO_REGION), method="zssr", preset="balanced", scale=2, kernel="estimate",
                  seed=3)
     done = wait_for(client, job["id"], timeout=120)
     assert done["status"] == "succeeded", done["error"]
