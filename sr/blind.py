@@ -118,8 +118,6 @@ class KernelEstimate:
     info: dict[str, Any]  # kernel_estimator ("prior" or "kernelgan"), kernel_estimation_seconds, and its details
 
 
-
-
 # Above this much noise in the input (estimate_noise_std, per scale; 8-bit levels / 255) kernel="estimate" keeps the
 # bicubic assumption without estimating: ZSSR trained on sons blurred by a kernel wider than bicubic learns to
 # sharpen, and sharpens the noise with it. Measured at x2 on bench/blind.py's design images with noise added and
